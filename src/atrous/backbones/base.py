@@ -1,0 +1,99 @@
+"""The backbone contract and the one output-stride routine every backbone uses (paper §3.1).
+
+A backbone returns ``{"low": stride-4 features, "high": stride-OS features}`` and declares their
+channels in ``out_channels``. Atrous convolution lets the same weights run at OS 8, 16 or 32: the
+backbone lists its units in order, and :func:`apply_output_stride` walks them the way the official
+``stack_blocks_dense`` does. Once the running stride reaches the target, each later unit runs at
+stride 1 and the dilation grows by the stride it skipped.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from atrous.layers import check_output_stride, set_conv_dilation
+
+
+@dataclass
+class StridedUnit:
+    """One unit of a backbone as the output-stride walk sees it.
+
+    ``stride`` is the unit's own stride at full resolution; ``strided`` are the modules carrying it
+    (its strided conv and its shortcut); ``dilated`` are its k×k convs with their multi-grid factor
+    (paper §3.1, "Multi-grid"; 1 elsewhere).
+    """
+
+    stride: int
+    strided: list[nn.Module] = field(default_factory=list)
+    dilated: list[tuple[nn.Conv2d, int]] = field(default_factory=list)
+
+
+def _set_stride(module: nn.Module, stride: int) -> None:
+    if isinstance(module, nn.Conv2d):
+        module.stride = (stride, stride)
+    elif isinstance(module, nn.MaxPool2d):
+        module.stride = stride
+    else:
+        raise TypeError(f"cannot set the stride of {type(module).__name__}")
+
+
+def apply_output_stride(units: list[StridedUnit], output_stride: int, input_stride: int) -> None:
+    """Set strides and dilations in place so the units end at ``output_stride``.
+
+    ``input_stride`` is the stride of the stem before the first unit. A unit reached at the target
+    stride runs at stride 1 with the current rate, and the rate is then multiplied by the stride it
+    skipped (TF-slim ``stack_blocks_dense``).
+    """
+    check_output_stride(output_stride)
+    current, rate = input_stride, 1
+    for unit in units:
+        if current == output_stride:
+            stride, unit_rate = 1, rate
+            rate *= unit.stride
+        else:
+            stride, unit_rate = unit.stride, 1
+            current *= unit.stride
+        for module in unit.strided:
+            _set_stride(module, stride)
+        for conv, multi_grid in unit.dilated:
+            set_conv_dilation(conv, unit_rate * multi_grid)
+    if current != output_stride:
+        raise ValueError(
+            f"this backbone reaches stride {current} at most; output_stride {output_stride} "
+            "is out of reach"
+        )
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Feature extractor returning ``{"low": stride 4, "high": stride OS}``."""
+
+    #: Channels of each returned feature, e.g. ``{"low": 256, "high": 2048}``.
+    out_channels: dict[str, int]
+    #: Stride of the stem, before the first unit of :meth:`strided_units`.
+    stem_stride: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output_stride = 32
+
+    @property
+    def strides(self) -> dict[str, int]:
+        """Stride of each returned feature with respect to the input."""
+        return {"low": 4, "high": self.output_stride}
+
+    @abc.abstractmethod
+    def strided_units(self) -> list[StridedUnit]:
+        """The units after the stem, in order, for the output-stride walk."""
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Switch to output stride 8, 16 or 32 in place; the parameters are unchanged."""
+        apply_output_stride(self.strided_units(), output_stride, self.stem_stride)
+        self.output_stride = output_stride
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``{"low": (N, C_low, H/4, W/4), "high": (N, C_high, H/OS, W/OS)}``."""

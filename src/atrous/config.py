@@ -1,0 +1,81 @@
+"""Model configuration: a dataclass that round-trips through dicts (and so JSON/YAML).
+
+Defaults are the paper's (DeepLabV3+, OS16, ASPP 256 channels with rates 6/12/18, decoder 48/256
+with two 3×3 convs, dropout 0.1). Each field is one documented option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from atrous.backbones import BACKBONES
+from atrous.layers import check_output_stride
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a DeepLab model."""
+
+    backbone: str = "xception65"  # a key of atrous.backbones.BACKBONES
+    decoder: bool = True  # True: DeepLabV3+, False: DeepLabV3
+    num_classes: int = 21  # output classes (PASCAL VOC: 21)
+    output_stride: int = 16  # 8, 16 or 32; switchable later with set_output_stride
+    separable: bool = False  # atrous separable convs in ASPP and decoder (the paper's "SC")
+    aspp_channels: int = 256  # channels of every ASPP branch and of its projection
+    aspp_rates: tuple[int, ...] | None = None  # None: 6/12/18 at OS16, scaled by 16/OS
+    aspp_dropout: float = 0.1  # after the ASPP projection (official keep_prob 0.9)
+    image_pool_crop_size: tuple[int, int] | None = None  # training crop: local image pooling
+    low_level_channels: int = 48  # decoder 1×1 projection of the low-level feature (Table 1)
+    decoder_channels: int = 256  # channels of the decoder's 3×3 convs (Table 2)
+    decoder_convs: int = 2  # number of decoder 3×3 convs (Table 2)
+    multi_grid: tuple[int, ...] | None = None  # last-block rate factors; None: backbone default
+    width_multiplier: float = 1.0  # MobileNetV2 channel multiplier
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"unknown backbone {self.backbone!r}; available: {', '.join(sorted(BACKBONES))}"
+            )
+        check_output_stride(self.output_stride)
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(
+                f"num_classes must be an integer of at least 1, got {self.num_classes!r}"
+            )
+        if not 0.0 <= self.aspp_dropout < 1.0:
+            raise ValueError(f"aspp_dropout must be in [0, 1), got {self.aspp_dropout!r}")
+        for name in ("aspp_rates", "image_pool_crop_size", "multi_grid"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per-channel mean of the input normalisation (RGB on [0, 1])."""
+        return BACKBONES[self.backbone].mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per-channel std of the input normalisation (RGB on [0, 1])."""
+        return BACKBONES[self.backbone].std
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (tuples as lists) for JSON/YAML."""
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown model config keys: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,124 @@
+"""Named model configurations and the builders: ``create_model``, ``build_model``, ``list_models``.
+
+Names are ``deeplabv3plus_<backbone>`` and ``deeplabv3_<backbone>``. Backbone defaults follow the
+official implementation: Xception and MobileNetV2 use separable ASPP/decoder convs (the official
+flags' defaults, the paper's "SC"); ResNets use dense ones (paper Table 3); MobileNetV2's ASPP has
+no atrous branches, only the 1×1 and image-pooling branches (official MobileNetV2 setting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from atrous.backbones import build_backbone
+from atrous.config import ModelConfig
+from atrous.decoder import Decoder
+from atrous.layers import ASPP
+from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus
+
+_REGISTRY: dict[str, ModelConfig] = {}
+
+_BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
+    "resnet50": {},
+    "resnet101": {},
+    "resnet50_beta": {},
+    "resnet101_beta": {},
+    "xception65": {"separable": True},
+    "xception71": {"separable": True},
+    "mobilenetv2": {"separable": True, "aspp_rates": ()},
+}
+
+
+def register(name: str, config: ModelConfig) -> None:
+    """Add a named configuration; names are unique."""
+    if name in _REGISTRY:
+        raise ValueError(f"model name {name!r} is already registered")
+    _REGISTRY[name] = config
+
+
+for _backbone, _defaults in _BACKBONE_DEFAULTS.items():
+    register(f"deeplabv3plus_{_backbone}", ModelConfig(backbone=_backbone, **_defaults))
+    register(f"deeplabv3_{_backbone}", ModelConfig(backbone=_backbone, decoder=False, **_defaults))
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> ModelConfig:
+    """The configuration registered under ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; available: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def build_model(config: ModelConfig) -> DeepLab:
+    """Build a randomly initialised model from a configuration."""
+    backbone = build_backbone(
+        config.backbone,
+        output_stride=config.output_stride,
+        multi_grid=config.multi_grid,
+        width_multiplier=config.width_multiplier,
+    )
+    aspp = ASPP(
+        backbone.out_channels["high"],
+        config.aspp_channels,
+        rates=config.aspp_rates,
+        output_stride=config.output_stride,
+        separable=config.separable,
+        dropout=config.aspp_dropout,
+        pool_crop_size=config.image_pool_crop_size,
+    )
+    if not config.decoder:
+        model: DeepLab = DeepLabV3(backbone, aspp, config.num_classes)
+    else:
+        decoder = Decoder(
+            backbone.out_channels["low"],
+            config.aspp_channels,
+            low_proj_channels=config.low_level_channels,
+            channels=config.decoder_channels,
+            num_convs=config.decoder_convs,
+            separable=config.separable,
+        )
+        model = DeepLabV3Plus(backbone, aspp, decoder, config.num_classes)
+    model.config = config
+    return model
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    output_stride: int | None = None,
+    separable: bool | None = None,
+    aspp_rates: Sequence[int] | None = None,
+    aspp_dropout: float | None = None,
+    image_pool_crop_size: Sequence[int] | None = None,
+    low_level_channels: int | None = None,
+    decoder_channels: int | None = None,
+    decoder_convs: int | None = None,
+    multi_grid: Sequence[int] | None = None,
+    width_multiplier: float | None = None,
+) -> DeepLab:
+    """Build the named configuration, with any field overridden.
+
+    Every argument left as ``None`` keeps the named configuration's value (see :class:`ModelConfig`
+    for each field's meaning). Example: ``create_model("deeplabv3plus_xception65", num_classes=19,
+    output_stride=8)``.
+    """
+    overrides = {
+        "num_classes": num_classes,
+        "output_stride": output_stride,
+        "separable": separable,
+        "aspp_rates": aspp_rates,
+        "aspp_dropout": aspp_dropout,
+        "image_pool_crop_size": image_pool_crop_size,
+        "low_level_channels": low_level_channels,
+        "decoder_channels": decoder_channels,
+        "decoder_convs": decoder_convs,
+        "multi_grid": multi_grid,
+        "width_multiplier": width_multiplier,
+    }
+    config = get_config(name).replace(**{k: v for k, v in overrides.items() if v is not None})
+    return build_model(config)
