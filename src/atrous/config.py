@@ -71,9 +71,8 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(
-                f"unknown model config keys: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-            )
+            known = ", ".join(sorted(names))
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}; known: {known}")
         return cls(**data)
 
     def replace(self, **changes: Any) -> ModelConfig:

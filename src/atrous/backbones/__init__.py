@@ -1,4 +1,4 @@
-"""Backbones behind one contract: ``forward`` returns ``{"low", "high"}`` features (see ``base``)."""
+"""Backbones behind one contract: ``forward`` returns ``{"low", "high"}`` features (``base``)."""
 
 from __future__ import annotations
 

@@ -122,7 +122,9 @@ class ResNet(Backbone):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_channels = stem_channels
-        for index, (num_units, width) in enumerate(zip(units, (64, 128, 256, 512)), start=1):
+        for index, (num_units, width) in enumerate(
+            zip(units, (64, 128, 256, 512), strict=True), start=1
+        ):
             stage_stride = 1 if index == 4 else 2
             if layout == "torchvision":
                 stage_stride = 1 if index == 1 else 2
