@@ -15,7 +15,13 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+from atrous.config import ModelConfig
+from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
+from atrous.data.checks import check_dataset
+from atrous.demo import run_demo
 from atrous.profile import profile_model
+from atrous.train import OptimConfig, RunConfig, TrainConfig
+from atrous.train import train as run_training
 from atrous.zoo import create_model, get_config, list_models
 
 console = Console()
@@ -77,14 +83,85 @@ def profile(
     )
 
 
+def demo(output_dir: str = "runs/demo", iterations: int | None = None) -> None:
+    """Train a small DeepLabV3+ on built-in scenes, evaluate it, write predictions and curves.
+
+    Args:
+        output_dir: where checkpoints, curves and predictions go.
+        iterations: training steps (default: the demo recipe's).
+    """
+    result = run_demo(output_dir, iterations)
+    scores = result.scores
+    table = Table("class", "IoU")
+    for name, iou in zip(SyntheticScenes.classes, scores.iou, strict=True):
+        table.add_row(name, f"{iou:.3f}")
+    console.print(table)
+    console.print(
+        f"validation mIoU {scores.mean_iou:.4f}, pixel accuracy {scores.pixel_accuracy:.4f} "
+        f"({result.seconds / 60:.1f} min)"
+    )
+    console.print(f"curves:      {result.output_dir / 'curves.png'}")
+    console.print(
+        f"predictions: {result.predictions[0].parent} (grid.png: image | truth | prediction)"
+    )
+    console.print(f"checkpoints: {result.output_dir / 'best.pt'}, {result.output_dir / 'last.pt'}")
+
+
+def train(
+    model: ModelConfig = ModelConfig(),  # noqa: B008
+    data: DataConfig = DataConfig(),  # noqa: B008
+    optim: OptimConfig = OptimConfig(),  # noqa: B008
+    run: RunConfig = RunConfig(),  # noqa: B008
+) -> None:
+    """Train a model; any field can come from --config YAML files and --section.field flags.
+
+    Args:
+        model: the model configuration (see ``atrous models`` for named ones).
+        data: dataset and augmentation.
+        optim: optimizer and learning-rate schedule.
+        run: iterations, batch, precision, BN mode, logging, output folder.
+    """
+    result = run_training(TrainConfig(model, data, optim, run))
+    if result.scores is not None and result.iteration == run.iterations:
+        console.print(f"final validation mIoU {result.scores.mean_iou:.4f}")
+    console.print(f"results in {result.output_dir}")
+
+
+def check_data(
+    dataset: str,
+    root: str | None = None,
+    sbd_root: str | None = None,
+    split: str = "train",
+) -> int:
+    """Check every image/mask pair of a dataset and report class pixel frequencies.
+
+    Args:
+        dataset: synthetic, voc, voc_aug, cityscapes, ade20k or folder.
+        root: the dataset folder.
+        sbd_root: the SBD folder (voc_aug only).
+        split: the split to check.
+    """
+    config = DataConfig(dataset=dataset, root=root, sbd_root=sbd_root, train_split=split)
+    data = build_dataset(config, "train")
+    report = check_dataset(data)
+    table = Table("class", "pixels", "share")
+    for name, pixels, share in zip(report.classes, report.pixels, report.frequencies, strict=True):
+        table.add_row(name, str(int(pixels)), f"{100 * share:.2f}%")
+    console.print(table)
+    console.print(f"{report.samples} of {len(data)} samples valid; {report.ignored} ignored pixels")
+    for error in report.errors:
+        console.print(f"[red]bad:[/] {error}")
+    return 1 if report.errors else 0
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``atrous`` command."""
     try:
-        CLI([models, profile], args=args, as_positional=False)
-    except ValueError as error:
+        status = CLI([demo, train, check_data, models, profile], args=args)
+    except (ValueError, DataError) as error:
         console.print(f"[bold red]error:[/] {error}")
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

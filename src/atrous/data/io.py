@@ -1,0 +1,74 @@
+"""Reading images and label masks from disk, with one clear error per bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """A problem with one file or sample of a dataset; the message names it."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any image file → (H, W, 3) uint8 RGB.
+
+    Handles grayscale, RGBA (alpha dropped), palette, 16-bit and EXIF-rotated files.
+    """
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.round(array * 255.0 / peak).astype(np.uint8))
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(
+            np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        )
+    return np.array(image.convert("RGB"))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label file → (H, W) array of class indices, or (H, W, 3) for RGB-coloured masks.
+
+    Palette ('P') PNGs give their indices, not their colours; 'L' and 16-bit files their values.
+    """
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            mode = opened.mode
+            if mode in ("RGB", "RGBA"):
+                return np.asarray(opened.convert("RGB"))
+            if mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+                raise DataError(f"cannot use mask {path}: unsupported mode {mode!r}")
+            return np.asarray(opened).astype(np.int64)
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f"cannot read mask {path}: {error}") from None
+
+
+def colours_to_labels(
+    mask: np.ndarray, palette: list[tuple[int, int, int]], ignore_index: int, path: str | Path
+) -> np.ndarray:
+    """Map an (H, W, 3) colour mask to class indices through ``palette``; unknown colours fail."""
+    codes = (
+        (mask[..., 0].astype(np.int64) << 16) | (mask[..., 1].astype(np.int64) << 8) | mask[..., 2]
+    )
+    lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette)}
+    labels = np.full(codes.shape, ignore_index, dtype=np.int64)
+    found = np.zeros(codes.shape, dtype=bool)
+    for code, index in lut.items():
+        hit = codes == code
+        labels[hit] = index
+        found |= hit
+    if not found.all():
+        bad = np.unique(codes[~found])[:5]
+        colours = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in bad)
+        raise DataError(f"mask {path} has colours not in the palette: {colours}")
+    return labels

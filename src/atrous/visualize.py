@@ -1,0 +1,40 @@
+"""Colouring label maps: palette PNGs and overlays on the image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def palette_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """An (H, W) label map as a palette ('P') PNG image: indices kept, colours from ``palette``."""
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [channel for colour in palette for channel in colour]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    return image
+
+
+def colorize(
+    mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255
+) -> np.ndarray:
+    """(H, W) labels → (H, W, 3) uint8 colours; the ignore label is white."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    table[ignore_index] = 255
+    return table[mask.astype(np.uint8)]
+
+
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    background: int | None = 0,
+) -> np.ndarray:
+    """Blend label colours over an (H, W, 3) uint8 image; the ``background`` class stays clear."""
+    colours = colorize(mask, palette).astype(np.float32)
+    clear = (mask == background)[..., None] if background is not None else False
+    weight = np.where(clear, 0.0, alpha)
+    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
