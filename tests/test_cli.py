@@ -32,3 +32,28 @@ def test_console_script_runs():
     )
     assert result.returncode == 0, result.stderr
     assert "total" in result.stdout
+
+
+def test_check_data_reports_bad_files_and_frequencies(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "classes.yaml").write_text("names: [background, thing]\n")
+    for i, value in enumerate([1, 1, 5]):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        mask = np.zeros((4, 4), dtype=np.uint8)
+        mask[:2] = value
+        Image.fromarray(mask, mode="L").save(tmp_path / "masks" / f"{i}.png")
+    status = main(["check-data", "folder", "--root", str(tmp_path), "--split", ""])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "2 of 3 samples valid" in out and "50.00%" in out
+    assert "2.png: label values 5 are outside [0, 2)" in out
+
+
+def test_train_with_mismatched_classes_is_one_clear_error(capsys):
+    assert main(["train", "--model.num_classes", "21", "--run.iterations", "1"]) == 2
+    out = capsys.readouterr().out
+    assert "model.num_classes is 21 but dataset 'synthetic' has 6 classes" in out

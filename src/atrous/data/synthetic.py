@@ -11,6 +11,7 @@ a smooth, less saturated colour field with grain.
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ PALETTE = (
 
 
 #: Hue spread around each object class's centre; centres are 72° apart, so ranges overlap.
-HUE_SPREAD = 42.0 / 360.0
+HUE_SPREAD = 40.0 / 360.0
 
 
 def _class_colours(rng: np.random.Generator, label: int) -> np.ndarray:
@@ -47,7 +48,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     field = _smooth_field(rng, size, int(rng.integers(2, 6)), 3)
     grey = field.mean(axis=2, keepdims=True)
     saturation = rng.uniform(0.05, 0.55)
-    return 255.0 * (grey + saturation * (field - grey))
+    return (255.0 * (grey + saturation * (field - grey))).astype(np.float32)
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
@@ -74,29 +75,30 @@ def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarr
     return rng.random(u.shape).astype(np.float32)  # speckle
 
 
-def _shape_mask(
-    rng: np.random.Generator, label: int, u: np.ndarray, v: np.ndarray, size: int
-) -> np.ndarray:
-    """Boolean mask of one object of class ``label`` in its rotated coordinates (u, v)."""
+def _shape(rng: np.random.Generator, label: int, size: int) -> tuple[float, Callable]:
+    """Draw one object of class ``label``: its extent from the centre in pixels, and a function
+    from rotated coordinates (u, v) to the boolean mask."""
     if label == 5:  # stroke: long and thin
-        length = rng.uniform(0.3, 0.9) * size
-        width = rng.uniform(4.0, 6.5)
-        return (np.abs(u) <= length / 2) & (np.abs(v) <= width / 2)
-    radius = size * np.exp(rng.uniform(np.log(0.06), np.log(0.35)))
-    aspect = rng.uniform(0.6, 1.0)
-    a, b = radius, radius * aspect
+        half_length = rng.uniform(0.15, 0.45) * size
+        half_width = rng.uniform(2.5, 4.0)
+        return (
+            half_length + half_width,
+            lambda u, v: (np.abs(u) <= half_length) & (np.abs(v) <= half_width),
+        )
+    a = size * np.exp(rng.uniform(np.log(0.07), np.log(0.35)))
+    b = a * rng.uniform(0.6, 1.0)
     if label == 1:  # disc (ellipse)
-        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+        return a, lambda u, v: (u / a) ** 2 + (v / b) ** 2 <= 1.0
     if label == 2:  # box (rotated rectangle)
-        return (np.abs(u) <= a) & (np.abs(v) <= b)
-    if label == 3:  # triangle: three half-planes
-        inside = np.ones_like(u, dtype=bool)
-        for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
-            inside &= u * np.cos(angle) + v * np.sin(angle) <= a / 2
-        return inside
-    # ring: an annulus, a disc with a hole
-    r = (u / a) ** 2 + (v / b) ** 2
-    return (r <= 1.0) & (r >= rng.uniform(0.3, 0.55))
+        return 1.5 * a, lambda u, v: (np.abs(u) <= a) & (np.abs(v) <= b)
+    if label == 3:  # triangle: three half-planes at distance a/2 (circumradius a)
+        normals = [(np.cos(t), np.sin(t)) for t in np.pi / 2 + np.arange(3) * 2 * np.pi / 3]
+        return a, lambda u, v: np.logical_and.reduce([u * c + v * s <= a / 2 for c, s in normals])
+    hole = rng.uniform(0.3, 0.55)  # ring: an annulus, a disc with a hole
+    return (
+        a,
+        lambda u, v: ((u / a) ** 2 + (v / b) ** 2 <= 1.0) & ((u / a) ** 2 + (v / b) ** 2 >= hole),
+    )
 
 
 def render_scene(seed: int, index: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -104,21 +106,27 @@ def render_scene(seed: int, index: int, size: int = 128) -> tuple[np.ndarray, np
     rng = np.random.default_rng([seed, index])
     image = _background(rng, size)
     mask = np.zeros((size, size), dtype=np.uint8)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    for _ in range(int(rng.integers(3, 8))):
+    for _ in range(int(rng.integers(2, 7))):
         label = int(rng.integers(1, len(CLASSES)))
         cy, cx = rng.uniform(0, size, 2)
         angle = rng.uniform(0, np.pi)
+        extent, inside_of = _shape(rng, label, size)
+        # Work on the object's bounding window only.
+        y0, y1 = max(0, int(cy - extent)), min(size, int(cy + extent) + 2)
+        x0, x1 = max(0, int(cx - extent)), min(size, int(cx + extent) + 2)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
         v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
-        inside = _shape_mask(rng, label, u, v, size)
+        inside = inside_of(u, v)
         if not inside.any():
             continue
         colours = _class_colours(rng, label)
         t = _texture(rng, u, v)[inside][:, None]
-        image[inside] = colours[0] * (1 - t) + colours[1] * t
-        mask[inside] = label
-    image += rng.normal(0.0, rng.uniform(2.0, 10.0), image.shape)
+        image[y0:y1, x0:x1][inside] = colours[0] * (1 - t) + colours[1] * t
+        mask[y0:y1, x0:x1][inside] = label
+    image += rng.uniform(2.0, 10.0) * rng.standard_normal(image.shape, dtype=np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 

@@ -1,0 +1,217 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from atrous.checkpoint import load_checkpoint
+from atrous.data import DataConfig, build_dataset
+from atrous.demo import demo_config
+from atrous.distributed import DistributedEnv
+from atrous.evaluate import evaluate_dataset
+from atrous.train import OptimConfig, RunConfig, TrainConfig, poly_schedule, train
+from atrous.zoo import build_model, get_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(output_dir: Path, **run_changes) -> TrainConfig:
+    """A small MobileNetV2 DeepLabV3+ on 48×48 built-in scenes: seconds per run on a CPU."""
+    model = get_config("deeplabv3plus_mobilenetv2").replace(num_classes=6, width_multiplier=0.25)
+    data = DataConfig(
+        dataset="synthetic",
+        crop_size=33,
+        scale_min=0.75,
+        scale_max=1.25,
+        workers=0,
+        synthetic_train=64,
+        synthetic_val=12,
+        synthetic_size=48,
+    )
+    optim = OptimConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-4)
+    run = RunConfig(
+        iterations=12,
+        batch_size=4,
+        val_every=6,
+        log_every=1,
+        output_dir=str(output_dir),
+        progress=False,
+        seed=5,
+    )
+    return TrainConfig(model, data, optim, dataclasses.replace(run, **run_changes))
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_raises_miou(tmp_path):
+    config = tiny_config(tmp_path, iterations=60, val_every=60)
+    torch.manual_seed(config.run.seed)
+    untrained = build_model(config.model)
+    env = DistributedEnv(0, 1, 0, torch.device("cpu"))
+    before = evaluate_dataset(
+        untrained,
+        build_dataset(config.data, "val"),
+        config.model.mean,
+        config.model.std,
+        env,
+        progress=False,
+    ).scores()
+    result = train(config)
+    losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+    assert result.scores.mean_iou > before.mean_iou + 0.1
+    for name in ("last.pt", "best.pt", "config.yaml", "curves.png", "metrics.jsonl"):
+        assert (tmp_path / name).is_file(), name
+    assert any((tmp_path / "tensorboard").iterdir())
+    saved = TrainConfig.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert saved == config
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    straight = train(tiny_config(tmp_path / "straight"))
+    stopped = tiny_config(tmp_path / "resumed", stop_after=5)
+    assert train(stopped).iteration == 5
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["iteration"] == 5
+    resumed = train(tiny_config(tmp_path / "resumed"))
+    assert straight.iteration == resumed.iteration == 12
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["best_miou"] == b["best_miou"]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """torchrun with 2 gloo processes, global batch 4 (2 each), against 1 process with batch 4.
+
+    BN is frozen (``bn_mode: frozen``): SyncBN needs CUDA, and per-process BN statistics would
+    differ from one process's by construction. Dropout is off: each process draws its own masks.
+    Scale jitter is off so every image has the same number of labelled pixels, which makes the
+    average of per-process mean losses equal the single-process mean.
+    """
+    base = tiny_config(tmp_path, iterations=4, val_every=4, bn_mode="frozen")
+    base = dataclasses.replace(
+        base,
+        model=base.model.replace(aspp_dropout=0.0),
+        data=dataclasses.replace(base.data, scale_min=1.0, scale_max=1.0),
+    )
+    single = dataclasses.replace(
+        base, run=dataclasses.replace(base.run, output_dir=str(tmp_path / "one"))
+    )
+    train(single)
+    config_path = tmp_path / "ddp.yaml"
+    ddp = dataclasses.replace(
+        base, run=dataclasses.replace(base.run, output_dir=str(tmp_path / "two"))
+    )
+    config_path.write_text(yaml.safe_dump(ddp.to_dict()))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "atrous",
+            "train",
+            "--config",
+            str(config_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "2 process(es)" in completed.stdout
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.pt")) == ["best.pt", "last.pt"]
+    one = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    two = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    val_one = [r["val_miou"] for r in read_metrics(tmp_path / "one") if "val_miou" in r]
+    val_two = [r["val_miou"] for r in read_metrics(tmp_path / "two") if "val_miou" in r]
+    assert val_two == pytest.approx(val_one, abs=1e-6)
+
+
+def test_poly_schedule_with_warmup():
+    factor = poly_schedule(100, 0.9, warmup=10)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(50) == pytest.approx(0.5**0.9)
+    assert factor(100) == 0.0
+
+
+def test_bad_settings_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="model.num_classes is 21 but dataset 'synthetic' has 6"):
+        train(
+            dataclasses.replace(
+                tiny_config(tmp_path), model=get_config("deeplabv3plus_mobilenetv2")
+            )
+        )
+    with pytest.raises(ValueError, match="divisible by processes × accumulate = 3"):
+        train(tiny_config(tmp_path, accumulate=3))
+    with pytest.raises(ValueError, match="one image per step cannot train BatchNorm"):
+        train(tiny_config(tmp_path, batch_size=1))
+
+
+def test_recipes_parse_and_build(tmp_path):
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        config = TrainConfig.from_dict(yaml.safe_load(path.read_text()))
+        with torch.device("meta"):
+            model = build_model(config.model)
+        assert model.num_classes == config.model.num_classes, path
+    demo = TrainConfig.from_dict(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
+    assert demo == demo_config()
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    """2 micro-steps of 2 images = 1 step of 4 (frozen BN, no dropout, no padding)."""
+    base = tiny_config(tmp_path, iterations=3, val_every=3, bn_mode="frozen")
+    base = dataclasses.replace(
+        base,
+        model=base.model.replace(aspp_dropout=0.0),
+        data=dataclasses.replace(base.data, scale_min=1.0, scale_max=1.0),
+    )
+    full = train(
+        dataclasses.replace(base, run=dataclasses.replace(base.run, output_dir=str(tmp_path / "a")))
+    )
+    split = train(
+        dataclasses.replace(
+            base, run=dataclasses.replace(base.run, output_dir=str(tmp_path / "b"), accumulate=2)
+        )
+    )
+    assert full.iteration == split.iteration == 3
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_no_decay_for_bn_and_biases():
+    from atrous.train import build_optimizer
+
+    model = build_model(get_config("deeplabv3plus_mobilenetv2").replace(width_multiplier=0.25))
+    optimizer = build_optimizer(model, OptimConfig(no_decay_bn_bias=True))
+    decay, no_decay = optimizer.param_groups
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 4e-5
+    assert any(p is model.classifier.bias for p in no_decay["params"])
+    assert all(p.ndim == 4 for p in decay["params"])
+    assert len(build_optimizer(model, OptimConfig()).param_groups) == 1
+
+
+def test_bf16_training_runs(tmp_path):
+    result = train(
+        tiny_config(tmp_path, iterations=2, val_every=2, precision="bf16", channels_last=True)
+    )
+    assert result.iteration == 2 and result.scores is not None
