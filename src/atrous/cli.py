@@ -150,16 +150,23 @@ def check_data(
     console.print(table)
     console.print(f"{report.samples} of {len(data)} samples valid; {report.ignored} ignored pixels")
     for error in report.errors:
-        console.print(f"[red]bad:[/] {error}")
+        console.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
     return 1 if report.errors else 0
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``atrous`` command."""
     try:
-        status = CLI([demo, train, check_data, models, profile], args=args)
+        commands = {
+            "demo": demo,
+            "train": train,
+            "check-data": check_data,
+            "models": models,
+            "profile": profile,
+        }
+        status = CLI(commands, args=args)
     except (ValueError, DataError) as error:
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
         return 2
     return status if isinstance(status, int) else 0
 

@@ -43,7 +43,7 @@ def demo_config(output_dir: str = "runs/demo") -> TrainConfig:
         ),
         optim=OptimConfig(optimizer="adamw", lr=0.003, weight_decay=1e-4, warmup_iters=100),
         run=RunConfig(
-            iterations=3000,
+            iterations=3500,
             batch_size=8,
             precision="bf16",
             channels_last=True,

@@ -317,6 +317,9 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
         "num_workers": config.data.workers,
         "pin_memory": env.device.type == "cuda",
         "drop_last": True,
+        # Its own generator: creating an iterator must not draw from the global RNG, whose
+        # state (dropout) is checkpointed and must replay identically after a resume.
+        "generator": torch.Generator().manual_seed(run.seed),
     }
     steps_per_epoch = sampler.batches_per_epoch // run.accumulate
     if steps_per_epoch < 1:

@@ -80,12 +80,12 @@ def _shape(rng: np.random.Generator, label: int, size: int) -> tuple[float, Call
     from rotated coordinates (u, v) to the boolean mask."""
     if label == 5:  # stroke: long and thin
         half_length = rng.uniform(0.15, 0.45) * size
-        half_width = rng.uniform(2.5, 4.0)
+        half_width = rng.uniform(3.0, 4.5)
         return (
             half_length + half_width,
             lambda u, v: (np.abs(u) <= half_length) & (np.abs(v) <= half_width),
         )
-    a = size * np.exp(rng.uniform(np.log(0.07), np.log(0.35)))
+    a = size * np.exp(rng.uniform(np.log(0.09), np.log(0.38)))
     b = a * rng.uniform(0.6, 1.0)
     if label == 1:  # disc (ellipse)
         return a, lambda u, v: (u / a) ** 2 + (v / b) ** 2 <= 1.0
@@ -94,7 +94,7 @@ def _shape(rng: np.random.Generator, label: int, size: int) -> tuple[float, Call
     if label == 3:  # triangle: three half-planes at distance a/2 (circumradius a)
         normals = [(np.cos(t), np.sin(t)) for t in np.pi / 2 + np.arange(3) * 2 * np.pi / 3]
         return a, lambda u, v: np.logical_and.reduce([u * c + v * s <= a / 2 for c, s in normals])
-    hole = rng.uniform(0.3, 0.55)  # ring: an annulus, a disc with a hole
+    hole = rng.uniform(0.25, 0.45)  # ring: an annulus, a disc with a hole
     return (
         a,
         lambda u, v: ((u / a) ** 2 + (v / b) ** 2 <= 1.0) & ((u / a) ** 2 + (v / b) ** 2 >= hole),
