@@ -153,7 +153,7 @@ def test_poly_schedule_with_warmup():
 
 
 def test_bad_settings_fail_before_training(tmp_path):
-    with pytest.raises(ValueError, match="model.num_classes is 21 but dataset 'synthetic' has 6"):
+    with pytest.raises(ValueError, match=r"model\.num_classes is 21 but dataset 'synthetic' has 6"):
         train(
             dataclasses.replace(
                 tiny_config(tmp_path), model=get_config("deeplabv3plus_mobilenetv2")
