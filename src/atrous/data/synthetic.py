@@ -29,12 +29,16 @@ PALETTE = (
 
 
 #: Hue spread around each object class's centre; centres are 72° apart, so ranges overlap.
-HUE_SPREAD = 40.0 / 360.0
+HUE_SPREAD = 38.0 / 360.0
+#: Hue centre of each object class, in fifths of the colour wheel. Classes with similar shapes
+#: (disc and ring, box and triangle, box and stroke) are not hue neighbours, so where two hue
+#: ranges overlap, shape tells the classes apart.
+HUE_CENTRES = {1: 0, 2: 1, 4: 2, 3: 3, 5: 4}
 
 
 def _class_colours(rng: np.random.Generator, label: int) -> np.ndarray:
     """Two RGB colours (0–255) of one hue drawn from the class's range: texture ink and paper."""
-    hue = ((label - 1) / (len(CLASSES) - 1) + rng.uniform(-HUE_SPREAD, HUE_SPREAD)) % 1.0
+    hue = (HUE_CENTRES[label] / 5 + rng.uniform(-HUE_SPREAD, HUE_SPREAD)) % 1.0
     saturation = rng.uniform(0.5, 1.0)
     value = rng.uniform(0.55, 1.0)
     second = value * rng.uniform(0.35, 0.75)
@@ -80,12 +84,12 @@ def _shape(rng: np.random.Generator, label: int, size: int) -> tuple[float, Call
     from rotated coordinates (u, v) to the boolean mask."""
     if label == 5:  # stroke: long and thin
         half_length = rng.uniform(0.15, 0.45) * size
-        half_width = rng.uniform(3.0, 4.5)
+        half_width = rng.uniform(4.5, 6.0)
         return (
             half_length + half_width,
             lambda u, v: (np.abs(u) <= half_length) & (np.abs(v) <= half_width),
         )
-    a = size * np.exp(rng.uniform(np.log(0.09), np.log(0.38)))
+    a = size * np.exp(rng.uniform(np.log(0.11), np.log(0.4)))
     b = a * rng.uniform(0.6, 1.0)
     if label == 1:  # disc (ellipse)
         return a, lambda u, v: (u / a) ** 2 + (v / b) ** 2 <= 1.0
@@ -94,7 +98,7 @@ def _shape(rng: np.random.Generator, label: int, size: int) -> tuple[float, Call
     if label == 3:  # triangle: three half-planes at distance a/2 (circumradius a)
         normals = [(np.cos(t), np.sin(t)) for t in np.pi / 2 + np.arange(3) * 2 * np.pi / 3]
         return a, lambda u, v: np.logical_and.reduce([u * c + v * s <= a / 2 for c, s in normals])
-    hole = rng.uniform(0.25, 0.45)  # ring: an annulus, a disc with a hole
+    hole = rng.uniform(0.15, 0.3)  # ring: an annulus, a disc with a hole
     return (
         a,
         lambda u, v: ((u / a) ** 2 + (v / b) ** 2 <= 1.0) & ((u / a) ** 2 + (v / b) ** 2 >= hole),
@@ -106,7 +110,7 @@ def render_scene(seed: int, index: int, size: int = 128) -> tuple[np.ndarray, np
     rng = np.random.default_rng([seed, index])
     image = _background(rng, size)
     mask = np.zeros((size, size), dtype=np.uint8)
-    for _ in range(int(rng.integers(2, 7))):
+    for _ in range(int(rng.integers(2, 6))):
         label = int(rng.integers(1, len(CLASSES)))
         cy, cx = rng.uniform(0, size, 2)
         angle = rng.uniform(0, np.pi)
