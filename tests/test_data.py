@@ -258,20 +258,26 @@ def test_synthetic_scenes_are_deterministic_and_varied():
 
 
 def test_synthetic_colour_alone_is_not_enough():
-    """Per-pixel nearest-class-colour classification stays far from perfect."""
-    data = SyntheticScenes(60, 64, seed=0)
+    """The best per-pixel colour classifier (majority class of each quantised RGB colour, fitted
+    on half the pixels) stays far below what shape and context give (the demo model: ~0.8)."""
+    data = SyntheticScenes(100, 64, seed=0)
     pixels, labels = [], []
-    for i in range(60):
+    for i in range(100):
         image, mask = data[i]
-        pixels.append(image.permute(1, 2, 0).reshape(-1, 3).float())
+        pixels.append(image.permute(1, 2, 0).reshape(-1, 3).long() // 16)
         labels.append(mask.flatten())
     pixels, labels = torch.cat(pixels), torch.cat(labels)
+    codes = pixels[:, 0] * 256 + pixels[:, 1] * 16 + pixels[:, 2]
     half = len(labels) // 2
-    means = torch.stack([pixels[:half][labels[:half] == c].mean(0) for c in range(6)])
-    predicted = torch.cdist(pixels[half:], means).argmin(1)
-    truth = labels[half:]
-    ious = [
-        ((predicted == c) & (truth == c)).sum() / ((predicted == c) | (truth == c)).sum()
-        for c in range(6)
-    ]
-    assert torch.stack(ious).mean() < 0.6
+    counts = torch.zeros(4096, 6).index_put_(
+        (codes[:half], labels[:half]), torch.ones(half), accumulate=True
+    )
+    predicted, truth = counts.argmax(1)[codes[half:]], labels[half:]
+    ious = torch.stack(
+        [
+            ((predicted == c) & (truth == c)).sum() / ((predicted == c) | (truth == c)).sum()
+            for c in range(6)
+        ]
+    )
+    assert ious.mean() < 0.65
+    assert (ious[1:] < 0.65).all()  # every object class needs more than its colour
