@@ -65,10 +65,9 @@ class DemoResult:
     predictions: list[Path]
 
 
-def _write_predictions(
-    config: TrainConfig, output_dir: Path, count: int
-) -> tuple[list[Path], Path]:
-    """Best model on the first validation scenes → mask PNGs, overlays and a comparison grid."""
+def _write_predictions(config: TrainConfig, output_dir: Path, count: int) -> list[Path]:
+    """Best model on the first validation scenes → mask PNGs, overlays and ``grid.png``
+    (image | truth | prediction); returns the overlay paths."""
     model = build_model(config.model)
     model.load_state_dict(load_checkpoint(output_dir / "best.pt")["model"])
     model.eval()
@@ -99,9 +98,8 @@ def _write_predictions(
                 axis=1,
             )
         )
-    grid = folder / "grid.png"
-    Image.fromarray(np.concatenate(rows, axis=0)).save(grid)
-    return written, grid
+    Image.fromarray(np.concatenate(rows, axis=0)).save(folder / "grid.png")
+    return written
 
 
 def run_demo(
@@ -116,5 +114,5 @@ def run_demo(
         config.run.val_every = max(1, iterations // 3)
     config.run.progress = progress
     result = train(config)
-    predictions, _ = _write_predictions(config, output_dir, count=8)
+    predictions = _write_predictions(config, output_dir, count=8)
     return DemoResult(output_dir, result.scores, time.perf_counter() - start, predictions)
