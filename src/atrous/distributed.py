@@ -26,6 +26,11 @@ class DistributedEnv:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def sync_bn(self) -> bool:
+        """Whether BN statistics can be synchronised across processes (SyncBN needs CUDA)."""
+        return self.distributed and self.device.type == "cuda"
+
 
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` → CUDA when available, else CPU; anything else as given."""

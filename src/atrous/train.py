@@ -206,11 +206,7 @@ def _check_config(config: TrainConfig, env: DistributedEnv, num_classes: int) ->
             f"run.batch_size {run.batch_size} must be divisible by processes × accumulate = {share}"
         )
     micro = run.batch_size // share
-    if (
-        micro == 1
-        and run.bn_mode == "train"
-        and not (env.distributed and env.device.type == "cuda")
-    ):
+    if micro == 1 and run.bn_mode == "train" and not env.sync_bn:
         raise ValueError(
             "one image per step cannot train BatchNorm; use a larger batch_size or bn_mode 'frozen'"
         )
@@ -221,8 +217,7 @@ def _prepare_model(config: TrainConfig, env: DistributedEnv) -> tuple[DeepLab, n
     """Build the model, place it, and wrap it for DDP (SyncBN on CUDA)."""
     torch.manual_seed(config.run.seed)
     model = build_model(config.model)
-    sync_bn = env.distributed and env.device.type == "cuda" and config.run.bn_mode == "train"
-    if sync_bn:
+    if env.sync_bn and config.run.bn_mode == "train":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
     model.to(env.device, memory_format=memory_format)
@@ -236,7 +231,7 @@ def _describe(config: TrainConfig, env: DistributedEnv, micro: int, dataset_len:
     run = config.run
     bn = run.bn_mode
     if env.distributed and bn == "train":
-        bn = "SyncBN" if env.device.type == "cuda" else "per-process BN (SyncBN needs CUDA)"
+        bn = "SyncBN" if env.sync_bn else "per-process BN (SyncBN needs CUDA)"
     return (
         f"training {config.model.backbone} "
         f"({'DeepLabV3+' if config.model.decoder else 'DeepLabV3'},"
@@ -287,8 +282,7 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
             shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         print(_describe(config, env, micro, len(train_set)))
-        sync_bn = env.distributed and env.device.type == "cuda"
-        bn_batch = micro * env.world_size if sync_bn else micro
+        bn_batch = micro * env.world_size if env.sync_bn else micro
         if run.bn_mode == "train" and bn_batch < SMALL_BN_BATCH:
             warnings.warn(
                 f"BatchNorm trains on statistics of {bn_batch} images (paper: 16); "
