@@ -8,42 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
 from atrous.checkpoint import load_checkpoint
-from atrous.data import DataConfig, build_dataset
+from atrous.data import build_dataset
 from atrous.demo import demo_config
 from atrous.distributed import DistributedEnv
 from atrous.evaluate import evaluate_dataset
-from atrous.train import OptimConfig, RunConfig, TrainConfig, poly_schedule, train
+from atrous.train import OptimConfig, TrainConfig, poly_schedule, train
 from atrous.zoo import build_model, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(output_dir: Path, **run_changes) -> TrainConfig:
-    """A small MobileNetV2 DeepLabV3+ on 48×48 built-in scenes: seconds per run on a CPU."""
-    model = get_config("deeplabv3plus_mobilenetv2").replace(num_classes=6, width_multiplier=0.25)
-    data = DataConfig(
-        dataset="synthetic",
-        crop_size=33,
-        scale_min=0.75,
-        scale_max=1.25,
-        workers=0,
-        synthetic_train=64,
-        synthetic_val=12,
-        synthetic_size=48,
-    )
-    optim = OptimConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-4)
-    run = RunConfig(
-        iterations=12,
-        batch_size=4,
-        val_every=6,
-        log_every=1,
-        output_dir=str(output_dir),
-        progress=False,
-        seed=5,
-    )
-    return TrainConfig(model, data, optim, dataclasses.replace(run, **run_changes))
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

@@ -1,10 +1,13 @@
 """atrous: DeepLabV3+ semantic segmentation, faithful to the paper (Chen et al., ECCV 2018)."""
 
+from atrous import convert
 from atrous.backbones import BACKBONES, Backbone, MobileNetV2, ResNet, Xception, build_backbone
+from atrous.backbones.weights import load_backbone_weights
+from atrous.checkpoint import LoadReport, load_weights
 from atrous.config import ModelConfig
 from atrous.decoder import Decoder
 from atrous.layers import ASPP, SeparableConv2d
-from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus
+from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus, load_model
 from atrous.profile import ModelProfile, profile_model
 from atrous.zoo import build_model, create_model, get_config, list_models
 
@@ -18,6 +21,7 @@ __all__ = [
     "DeepLab",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "LoadReport",
     "MobileNetV2",
     "ModelConfig",
     "ModelProfile",
@@ -26,8 +30,12 @@ __all__ = [
     "Xception",
     "build_backbone",
     "build_model",
+    "convert",
     "create_model",
     "get_config",
     "list_models",
+    "load_backbone_weights",
+    "load_model",
+    "load_weights",
     "profile_model",
 ]

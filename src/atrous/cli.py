@@ -7,7 +7,12 @@ atrous profile --model deeplabv3plus_resnet101_beta --output_stride 8 --separabl
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import sys
+from pathlib import Path
+from typing import Literal
 
 import torch
 from jsonargparse import CLI
@@ -16,9 +21,21 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from atrous.config import ModelConfig
+from atrous.convert import convert
 from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
 from atrous.data.checks import check_dataset
 from atrous.demo import run_demo
+from atrous.distributed import init_distributed, resolve_device, shutdown_distributed
+from atrous.evaluate import evaluate_dataset, scores_to_dict
+from atrous.export import ExportCheckError, export_onnx, export_program
+from atrous.inference import InferenceConfig
+from atrous.predict import (
+    DEMO_MODEL,
+    default_report_path,
+    load_segmenter,
+    predict_files,
+    run_data_config,
+)
 from atrous.profile import profile_model
 from atrous.train import OptimConfig, RunConfig, TrainConfig
 from atrous.train import train as run_training
@@ -105,6 +122,8 @@ def demo(output_dir: str = "runs/demo", iterations: int | None = None) -> None:
         f"predictions: {result.predictions[0].parent} (grid.png: image | truth | prediction)"
     )
     console.print(f"checkpoints: {result.output_dir / 'best.pt'}, {result.output_dir / 'last.pt'}")
+    console.print(f"model:       {result.output_dir / 'model'} (atrous.load_model)")
+    console.print("next:        atrous predict photos/ · atrous eval · atrous export")
 
 
 def train(
@@ -154,18 +173,226 @@ def check_data(
     return 1 if report.errors else 0
 
 
+def evaluate(
+    model: str = DEMO_MODEL,
+    data: DataConfig | None = None,
+    split: str = "val",
+    inference: InferenceConfig = InferenceConfig(),  # noqa: B008
+    trimap: list[int] | None = None,
+    trimap_source: Literal["void", "edges"] = "void",
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    device: str = "auto",
+    output: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Score a model on a dataset: per-class IoU table, summary, JSON file; works under torchrun.
+
+    Args:
+        model: a saved model folder, a training checkpoint (.pt) or an exported .onnx file.
+        data: the dataset; default: the one the model was trained on (its run's config.yaml).
+        split: the split to score.
+        inference: output stride, scales (paper: [0.5,0.75,1.0,1.25,1.5,1.75]), flip, window.
+        trimap: band widths in pixels for mIoU near boundaries (paper Fig. 5a), e.g. [4,8,16].
+        trimap_source: band around 'void' pixels (VOC) or around label 'edges'.
+        precision: fp32, bf16 (CPU/GPU) or fp16 (CUDA).
+        device: auto, cpu, cuda, cuda:1, ...
+        output: the JSON file (default: eval_<split>.json beside the model).
+        progress: show a progress bar.
+    """
+    env = init_distributed(device)
+    try:
+        data = data or run_data_config(model)
+        data = dataclasses.replace(data, val_split=split)
+        dataset = build_dataset(data, "val")
+        segmenter = load_segmenter(model, inference, precision, env.device)
+        if segmenter.num_classes != dataset.num_classes:
+            raise ValueError(
+                f"the model predicts {segmenter.num_classes} classes, the dataset has "
+                f"{dataset.num_classes}"
+            )
+        result = evaluate_dataset(
+            segmenter.network,
+            dataset,
+            segmenter.mean,
+            segmenter.std,
+            env,
+            precision,
+            progress,
+            inference,
+            trimap or (),
+            trimap_source,
+        )
+    finally:
+        shutdown_distributed()
+    if not env.is_main:
+        return
+    scores = result.scores()
+    names = dataset.classes
+    table = Table("class", "IoU", "accuracy")
+    for name, iou, accuracy in zip(names, scores.iou, scores.class_accuracy, strict=True):
+        table.add_row(name, _percent(iou), _percent(accuracy))
+    console.print(table)
+    console.print(
+        f"mIoU {_percent(scores.mean_iou)}  pixel accuracy {_percent(scores.pixel_accuracy)}  "
+        f"mean class accuracy {_percent(scores.mean_class_accuracy)}  "
+        f"frequency-weighted IoU {_percent(scores.frequency_weighted_iou)}"
+    )
+    if scores.absent_classes:
+        absent = ", ".join(names[i] for i in scores.absent_classes)
+        console.print(f"not in the mean (absent from truth and prediction): {absent}")
+    report = {
+        "model": model,
+        "dataset": dataclasses.asdict(data),
+        "split": split,
+        "images": len(dataset),
+        "inference": dataclasses.asdict(inference),
+        "precision": precision,
+        "scores": scores_to_dict(scores, names),
+    }
+    if result.trimap is not None:
+        trimap_scores = result.trimap.scores()
+        report["trimap"] = {
+            "source": trimap_source,
+            "mean_iou": {
+                str(w): scores_to_dict(s, names)["mean_iou"] for w, s in trimap_scores.items()
+            },
+        }
+        for width, band in trimap_scores.items():
+            console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
+    path = Path(output) if output else default_report_path(model, split)
+    path.write_text(json.dumps(report, indent=2))
+    console.print(f"written: {path}")
+
+
+def predict(
+    inputs: list[str],
+    model: str = DEMO_MODEL,
+    output_dir: str = "predictions",
+    inference: InferenceConfig = InferenceConfig(),  # noqa: B008
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    device: str = "auto",
+    overlays: bool = True,
+    figures: bool = False,
+    progress: bool = True,
+) -> int:
+    """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/.
+
+    Args:
+        inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied).
+        model: a saved model folder, a training checkpoint (.pt) or an exported .onnx file
+            (default: the model the last `atrous demo` saved).
+        output_dir: where masks/, overlays/ and figures/ go; file stems are kept.
+        inference: output stride, scales, flip, sliding window.
+        precision: fp32, bf16 (CPU/GPU) or fp16 (CUDA).
+        device: auto, cpu, cuda, ...
+        overlays: write colour overlays.
+        figures: also write image | overlay | labels side by side.
+        progress: show a progress bar.
+    """
+    segmenter = load_segmenter(model, inference, precision, resolve_device(device))
+    report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress)
+    images = len(report.written) // (1 + overlays + figures)
+    console.print(f"{images} images segmented; results in {output_dir}")
+    for _, message in report.failed:
+        console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
+    return 1 if report.failed else 0
+
+
+def export(
+    model: str = DEMO_MODEL,
+    output: str = "model.onnx",
+    format: Literal["onnx", "pt2"] = "onnx",
+    opset: int = 18,
+    check: bool = True,
+) -> None:
+    """Export a model for deployment: ONNX (dynamic batch/height/width) or a torch.export program.
+
+    Args:
+        model: a saved model folder or a training checkpoint (.pt).
+        output: the file to write.
+        format: onnx (checked against ONNX Runtime at two sizes) or pt2 (torch.export).
+        opset: ONNX opset version.
+        check: compare the ONNX file's outputs with the eager model's (fails above 1e-4).
+    """
+    segmenter = load_segmenter(model)
+    if format == "pt2":
+        console.print(f"written: {export_program(segmenter.network, output)}")
+        return
+    report = export_onnx(
+        segmenter.network, output, segmenter.class_names, segmenter.palette, opset, check
+    )
+    console.print(f"written: {report.path}")
+    for (height, width), difference in report.max_abs_diff.items():
+        console.print(f"ONNX Runtime vs eager at {height}×{width}: max |Δlogit| {difference:.2e}")
+
+
+def convert_weights(
+    source: str,
+    kind: Literal["torchvision", "smp", "checkpoint"],
+    output: str,
+    class_names: list[str] | None = None,
+    palette: list[list[int]] | None = None,
+    output_stride: int | None = None,
+    atrous_rates: list[int] | None = None,
+) -> None:
+    """Convert a torchvision or smp model, or an atrous training checkpoint, into a saved atrous
+    model folder (model.safetensors + config.json; nothing is unpickled).
+
+    Args:
+        source: torchvision: a weights name such as
+            DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1 (downloaded, or read from the torch
+            hub cache offline) or a .pth file; smp: a folder or Hub repo id written by smp's
+            save_pretrained, or a weights file; checkpoint: an atrous best.pt.
+        kind: the library the source comes from.
+        output: folder to write the model to.
+        class_names: one name per class (torchvision's published weights bring PASCAL VOC's).
+        palette: one [r, g, b] colour per class.
+        output_stride: smp weights files only: the output stride they were trained at (16).
+        atrous_rates: smp weights files only: the ASPP rates (12, 24, 36).
+    """
+    path = convert(source, kind, output, class_names, palette, output_stride, atrous_rates)
+    console.print(f"written: {path}")
+
+
+def _percent(value: float) -> str:
+    return "—" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def gather_paths(args: list[str]) -> list[str]:
+    """Let ``atrous predict a.jpg b.jpg`` (what a shell glob expands to) fill the one list
+    parameter ``inputs``: the subcommand's bare words become one JSON list."""
+    if not args or args[0] != "predict":
+        return args
+    paths, rest, expects_value = [], [args[0]], False
+    for token in args[1:]:
+        if expects_value:
+            rest.append(token)
+            expects_value = False
+        elif token.startswith("-"):
+            rest.append(token)
+            expects_value = "=" not in token and token not in ("-h", "--help")
+        else:
+            paths.append(token)
+    return [rest[0], json.dumps(paths), *rest[1:]] if paths else rest
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``atrous`` command."""
+    args = gather_paths(sys.argv[1:] if args is None else list(args))
     try:
         commands = {
             "demo": demo,
             "train": train,
+            "eval": evaluate,
+            "predict": predict,
+            "export": export,
+            "convert": convert_weights,
             "check-data": check_data,
             "models": models,
             "profile": profile,
         }
         status = CLI(commands, args=args)
-    except (ValueError, DataError) as error:
+    except (ValueError, DataError, FileNotFoundError, ExportCheckError) as error:
         console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
         return 2
     return status if isinstance(status, int) else 0

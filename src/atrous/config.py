@@ -1,7 +1,8 @@
 """Model configuration: a dataclass that round-trips through dicts (and so JSON/YAML).
 
 Defaults are the paper's (DeepLabV3+, OS16, ASPP 256 channels with rates 6/12/18, decoder 48/256
-with two 3×3 convs, dropout 0.1). Each field is one documented option.
+with two 3×3 convs, dropout 0.1). Each field is one documented option. The last four exist so that
+models from other libraries convert exactly (``atrous.convert``); their defaults are the paper's.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class ModelConfig:
     decoder_convs: int = 2  # number of decoder 3×3 convs (Table 2)
     multi_grid: tuple[int, ...] | None = None  # last-block rate factors; None: backbone default
     width_multiplier: float = 1.0  # MobileNetV2 channel multiplier
+    post_aspp_convs: int = 0  # 3×3 conv-BN-ReLU layers after ASPP (torchvision, smp: 1; paper: 0)
+    separable_depthwise_bn: bool = True  # BN+ReLU between depthwise and pointwise (smp: none)
+    align_corners: bool = True  # bilinear resizes align corners (official; torchvision: False)
+    dilate_removed_stride_units: bool = False  # unit losing its stride takes the new rate (smp)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -42,6 +47,10 @@ class ModelConfig:
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ValueError(
                 f"num_classes must be an integer of at least 1, got {self.num_classes!r}"
+            )
+        if not isinstance(self.post_aspp_convs, int) or self.post_aspp_convs < 0:
+            raise ValueError(
+                f"post_aspp_convs must be a non-negative integer, got {self.post_aspp_convs!r}"
             )
         if not 0.0 <= self.aspp_dropout < 1.0:
             raise ValueError(f"aspp_dropout must be in [0, 1), got {self.aspp_dropout!r}")

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from atrous.checkpoint import load_checkpoint
-from atrous.data import DataConfig, SyntheticScenes, build_dataset, normalisation
+from atrous.data import DataConfig, SyntheticScenes, build_dataset
 from atrous.metrics import SegmentationScores
+from atrous.predict import load_segmenter
 from atrous.train import OptimConfig, RunConfig, TrainConfig, train
 from atrous.visualize import colorize, overlay, palette_image
-from atrous.zoo import build_model, get_config
+from atrous.zoo import get_config
 
 
 def demo_config(output_dir: str = "runs/demo") -> TrainConfig:
@@ -67,37 +66,25 @@ class DemoResult:
 
 
 def _write_predictions(config: TrainConfig, output_dir: Path, count: int) -> list[Path]:
-    """Best model on the first validation scenes → mask PNGs, overlays and ``grid.png``
-    (image | truth | prediction); returns the overlay paths."""
-    model = build_model(config.model)
-    model.load_state_dict(load_checkpoint(output_dir / "best.pt")["model"])
-    model.eval()
+    """The saved best model on the first validation scenes → mask PNGs, overlays and
+    ``grid.png`` (image | truth | prediction); returns the overlay paths."""
+    segmenter = load_segmenter(output_dir / "model")
     dataset = build_dataset(config.data, "val")
-    transform = normalisation(config.model.mean, config.model.std)
     folder = output_dir / "predictions"
     folder.mkdir(exist_ok=True)
     written, rows = [], []
     for index in range(min(count, len(dataset))):
-        image, truth = dataset[index]
-        with torch.no_grad():
-            logits = model(transform(image, truth)[0].unsqueeze(0))
-        prediction = logits.argmax(1)[0].numpy()
-        pixels = image.permute(1, 2, 0).numpy()
+        image, truth = dataset.load(index)
+        prediction = segmenter(image)
         stem = dataset.name(index)
         palette_image(prediction, dataset.palette).save(folder / f"{stem}_mask.png")
-        Image.fromarray(overlay(pixels, prediction, dataset.palette)).save(
+        Image.fromarray(overlay(image, prediction, dataset.palette)).save(
             folder / f"{stem}_overlay.png"
         )
         written.append(folder / f"{stem}_overlay.png")
+        truth_colours = colorize(truth, dataset.palette)
         rows.append(
-            np.concatenate(
-                [
-                    pixels,
-                    colorize(truth.numpy(), dataset.palette),
-                    colorize(prediction, dataset.palette),
-                ],
-                axis=1,
-            )
+            np.concatenate([image, truth_colours, colorize(prediction, dataset.palette)], 1)
         )
     Image.fromarray(np.concatenate(rows, axis=0)).save(folder / "grid.png")
     return written

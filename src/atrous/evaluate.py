@@ -1,9 +1,13 @@
-"""Evaluation: whole-image inference at the original resolution into one confusion matrix."""
+"""Evaluation: every image whole, at its own resolution, through one inference strategy, into
+confusion matrices (overall, and per trimap band near boundaries)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,7 +16,8 @@ from tqdm import tqdm
 from atrous.data.base import SegmentationDataset
 from atrous.data.transforms import normalisation
 from atrous.distributed import DistributedEnv
-from atrous.metrics import ConfusionMatrix
+from atrous.inference import InferenceConfig, Network, segment
+from atrous.metrics import ConfusionMatrix, SegmentationScores, TrimapMeter
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -25,32 +30,86 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+@dataclass
+class Evaluation:
+    """The confusion matrix over a dataset and, when asked for, one per trimap band width."""
+
+    confusion: ConfusionMatrix
+    trimap: TrimapMeter | None = None
+
+    def scores(self) -> SegmentationScores:
+        return self.confusion.scores()
+
+
 @torch.no_grad()
 def evaluate_dataset(
-    model: nn.Module,
+    model: Network,
     dataset: SegmentationDataset,
     mean: Sequence[float],
     std: Sequence[float],
     env: DistributedEnv,
     precision: str = "fp32",
     progress: bool = True,
-) -> ConfusionMatrix:
-    """Confusion matrix of ``model`` over ``dataset``, each image whole, summed over processes.
+    inference: InferenceConfig | None = None,
+    trimap_widths: Sequence[int] = (),
+    trimap_source: str = "void",
+) -> Evaluation:
+    """Score ``model`` over ``dataset``, each image whole at its own size, summed over processes.
 
-    Process r evaluates images r, r + world_size, … (no padding, so every image counts once).
+    ``inference`` picks the strategy (eval output stride, scales, flip, sliding window). Process
+    r evaluates images r, r + world_size, … (no padding, so every image counts once).
     """
-    was_training = model.training
-    model.eval()
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    strategy = inference or InferenceConfig()
     transform = normalisation(mean, std)
     confusion = ConfusionMatrix(dataset.num_classes, dataset.ignore_index, env.device)
+    trimap = None
+    if trimap_widths:
+        trimap = TrimapMeter(
+            list(trimap_widths),
+            dataset.num_classes,
+            dataset.ignore_index,
+            trimap_source,
+            env.device,
+        )
     indices = range(env.rank, len(dataset), env.world_size)
     for index in tqdm(
-        indices, desc="validate", disable=not (progress and env.is_main), leave=False
+        indices, desc="evaluate", disable=not (progress and env.is_main), leave=False
     ):
         image, mask = transform(*dataset[index])
+        mask = mask.to(env.device)
         with autocast(env.device, precision):
-            logits = model(image.unsqueeze(0).to(env.device))
-        confusion.update(logits.argmax(1)[0], mask.to(env.device))
+            probabilities = segment(model, image.unsqueeze(0).to(env.device), strategy)
+        prediction = probabilities.argmax(1)[0]
+        confusion.update(prediction, mask)
+        if trimap is not None:
+            trimap.update(prediction, mask)
     confusion.reduce()
-    model.train(was_training)
-    return confusion
+    if trimap is not None:
+        trimap.reduce()
+    if was_training:
+        model.train()
+    return Evaluation(confusion, trimap)
+
+
+def scores_to_dict(scores: SegmentationScores, class_names: Sequence[str]) -> dict[str, Any]:
+    """JSON-ready scores; absent classes (in neither prediction nor truth) have null IoU."""
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else value
+
+    return {
+        "mean_iou": number(scores.mean_iou),
+        "pixel_accuracy": number(scores.pixel_accuracy),
+        "mean_class_accuracy": number(scores.mean_class_accuracy),
+        "frequency_weighted_iou": number(scores.frequency_weighted_iou),
+        "per_class": {
+            name: {"iou": number(iou), "accuracy": number(accuracy)}
+            for name, iou, accuracy in zip(
+                class_names, scores.iou, scores.class_accuracy, strict=True
+            )
+        },
+        "absent_classes": [class_names[i] for i in scores.absent_classes],
+    }

@@ -1,7 +1,8 @@
 """Building blocks of DeepLabV3+: conv-BN-ReLU, atrous separable conv, ASPP (paper §3.1-3.2).
 
 Every resize in DeepLab is bilinear with ``align_corners=True`` (official implementation); inputs of
-size 16k+1 (513, 769) then put feature-grid points on pixel corners.
+size 16k+1 (513, 769) then put feature-grid points on pixel corners. ``align_corners=False`` exists
+for models converted from libraries that resize that way (torchvision).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def check_output_stride(output_stride: int) -> None:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
 
 
-def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize to ``size`` with aligned corners, as every resize in DeepLab."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = True) -> torch.Tensor:
+    """Bilinear resize to ``size``; corners aligned by default, as every resize in DeepLab."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def set_conv_dilation(conv: nn.Conv2d, dilation: int) -> None:
@@ -72,7 +73,9 @@ class SeparableConv2d(nn.Sequential):
 
     depthwise 3×3 (dilated) → BN → ReLU → pointwise 1×1 → BN → ReLU. With ``activation=False``
     the two ReLUs are left out: the modified aligned Xception puts one ReLU *before* each
-    separable conv instead (paper Fig. 4, official ``xception_module``).
+    separable conv instead (paper Fig. 4, official ``xception_module``). With
+    ``depthwise_bn=False`` the depthwise conv feeds the pointwise conv directly (no BN or ReLU
+    between them), the form segmentation_models_pytorch uses.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class SeparableConv2d(nn.Sequential):
         dilation: int = 1,
         activation: bool = True,
         bn_eps: float = 1e-5,
+        depthwise_bn: bool = True,
     ) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["depthwise"] = nn.Conv2d(
@@ -96,9 +100,10 @@ class SeparableConv2d(nn.Sequential):
             groups=in_channels,
             bias=False,
         )
-        layers["depthwise_bn"] = nn.BatchNorm2d(in_channels, eps=bn_eps)
-        if activation:
-            layers["depthwise_relu"] = nn.ReLU(inplace=True)
+        if depthwise_bn:
+            layers["depthwise_bn"] = nn.BatchNorm2d(in_channels, eps=bn_eps)
+            if activation:
+                layers["depthwise_relu"] = nn.ReLU(inplace=True)
         layers["pointwise"] = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         layers["pointwise_bn"] = nn.BatchNorm2d(out_channels, eps=bn_eps)
         if activation:
@@ -112,11 +117,17 @@ class SeparableConv2d(nn.Sequential):
 
 
 def conv3x3_bn_relu(
-    in_channels: int, out_channels: int, dilation: int = 1, separable: bool = False
+    in_channels: int,
+    out_channels: int,
+    dilation: int = 1,
+    separable: bool = False,
+    depthwise_bn: bool = True,
 ) -> ConvBNReLU | SeparableConv2d:
     """A 3×3 conv-BN-ReLU, dense or atrous separable: the one switch behind the paper's "SC"."""
     if separable:
-        return SeparableConv2d(in_channels, out_channels, dilation=dilation)
+        return SeparableConv2d(
+            in_channels, out_channels, dilation=dilation, depthwise_bn=depthwise_bn
+        )
     return ConvBNReLU(in_channels, out_channels, 3, dilation=dilation)
 
 
@@ -156,7 +167,11 @@ class ASPPPooling(nn.Sequential):
     """Image-level features (ParseNet): pool → 1×1 conv → BN → ReLU → resize back (paper §3.1)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: tuple[int, int] | None = None
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int] | None = None,
+        align_corners: bool = True,
     ) -> None:
         super().__init__(
             ImagePool(kernel_size),
@@ -164,6 +179,7 @@ class ASPPPooling(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+        self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -175,7 +191,7 @@ class ASPPPooling(nn.Sequential):
                 "value per channel. Use a batch of at least 2 (drop the last partial batch), "
                 "freeze BatchNorm, or call model.eval() for inference."
             )
-        return resize(self[3](bn(self[1](pooled))), size)
+        return resize(self[3](bn(self[1](pooled))), size, self.align_corners)
 
 
 class ASPP(nn.Module):
@@ -195,6 +211,8 @@ class ASPP(nn.Module):
         separable: bool = False,
         dropout: float = 0.1,
         pool_crop_size: Sequence[int] | None = None,
+        separable_depthwise_bn: bool = True,
+        align_corners: bool = True,
     ) -> None:
         super().__init__()
         check_output_stride(output_stride)
@@ -207,10 +225,16 @@ class ASPP(nn.Module):
         current = self._rates_for(output_stride)
         self.convs = nn.ModuleList(
             [ConvBNReLU(in_channels, out_channels, 1)]
-            + [conv3x3_bn_relu(in_channels, out_channels, r, separable) for r in current]
+            + [
+                conv3x3_bn_relu(in_channels, out_channels, r, separable, separable_depthwise_bn)
+                for r in current
+            ]
             + [
                 ASPPPooling(
-                    in_channels, out_channels, image_pool_kernel(pool_crop_size, output_stride)
+                    in_channels,
+                    out_channels,
+                    image_pool_kernel(pool_crop_size, output_stride),
+                    align_corners,
                 )
             ]
         )

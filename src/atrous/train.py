@@ -424,4 +424,13 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
     log.close()
     if env.is_main and iteration == run.iterations:
         plot_curves(output_dir / "metrics.jsonl", output_dir / "curves.png")
+        # The best weights (the last if validation never scored) as a model folder: safetensors
+        # + config.json with the dataset's class names and colours, for atrous.load_model.
+        best = build_model(config.model)
+        best.load_state_dict(
+            load_checkpoint(best_path)["model"] if best_path.is_file() else model.state_dict()
+        )
+        best.save_pretrained(
+            output_dir / "model", class_names=train_set.classes, palette=train_set.palette
+        )
     return TrainResult(output_dir, iteration, best_miou, scores)

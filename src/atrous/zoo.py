@@ -1,4 +1,5 @@
-"""Named model configurations and the builders: ``create_model``, ``build_model``, ``list_models``.
+"""Named model configurations and the builders: ``create_model``, ``list_models`` (and
+``build_model``, from :mod:`atrous.model`).
 
 Names are ``deeplabv3plus_<backbone>`` and ``deeplabv3_<backbone>``. Backbone defaults follow the
 official implementation: Xception and MobileNetV2 use separable ASPP/decoder convs (the official
@@ -10,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from atrous.backbones import build_backbone
+from atrous.backbones.weights import BackboneWeights, load_backbone_weights
 from atrous.config import ModelConfig
-from atrous.decoder import Decoder
-from atrous.layers import ASPP
-from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus
+from atrous.model import DeepLab, build_model
 
 _REGISTRY: dict[str, ModelConfig] = {}
 
@@ -53,39 +52,6 @@ def get_config(name: str) -> ModelConfig:
     return _REGISTRY[name]
 
 
-def build_model(config: ModelConfig) -> DeepLab:
-    """Build a randomly initialised model from a configuration."""
-    backbone = build_backbone(
-        config.backbone,
-        output_stride=config.output_stride,
-        multi_grid=config.multi_grid,
-        width_multiplier=config.width_multiplier,
-    )
-    aspp = ASPP(
-        backbone.out_channels["high"],
-        config.aspp_channels,
-        rates=config.aspp_rates,
-        output_stride=config.output_stride,
-        separable=config.separable,
-        dropout=config.aspp_dropout,
-        pool_crop_size=config.image_pool_crop_size,
-    )
-    if not config.decoder:
-        model: DeepLab = DeepLabV3(backbone, aspp, config.num_classes)
-    else:
-        decoder = Decoder(
-            backbone.out_channels["low"],
-            config.aspp_channels,
-            low_proj_channels=config.low_level_channels,
-            channels=config.decoder_channels,
-            num_convs=config.decoder_convs,
-            separable=config.separable,
-        )
-        model = DeepLabV3Plus(backbone, aspp, decoder, config.num_classes)
-    model.config = config
-    return model
-
-
 def create_model(
     name: str,
     *,
@@ -100,12 +66,19 @@ def create_model(
     decoder_convs: int | None = None,
     multi_grid: Sequence[int] | None = None,
     width_multiplier: float | None = None,
+    post_aspp_convs: int | None = None,
+    separable_depthwise_bn: bool | None = None,
+    align_corners: bool | None = None,
+    dilate_removed_stride_units: bool | None = None,
+    backbone_weights: BackboneWeights | None = None,
 ) -> DeepLab:
     """Build the named configuration, with any field overridden.
 
     Every argument left as ``None`` keeps the named configuration's value (see :class:`ModelConfig`
     for each field's meaning). Example: ``create_model("deeplabv3plus_xception65", num_classes=19,
-    output_stride=8)``.
+    output_stride=8)``. ``backbone_weights`` starts the backbone from ImageNet weights (torchvision
+    names such as ``"IMAGENET1K_V2"`` for ResNets and MobileNetV2, timm tags such as
+    ``"tf_in1k"`` for Xception, or a local file); see :func:`load_backbone_weights`.
     """
     overrides = {
         "num_classes": num_classes,
@@ -119,6 +92,13 @@ def create_model(
         "decoder_convs": decoder_convs,
         "multi_grid": multi_grid,
         "width_multiplier": width_multiplier,
+        "post_aspp_convs": post_aspp_convs,
+        "separable_depthwise_bn": separable_depthwise_bn,
+        "align_corners": align_corners,
+        "dilate_removed_stride_units": dilate_removed_stride_units,
     }
     config = get_config(name).replace(**{k: v for k, v in overrides.items() if v is not None})
-    return build_model(config)
+    model = build_model(config)
+    if backbone_weights is not None:
+        load_backbone_weights(model.backbone, config.backbone, backbone_weights)
+    return model

@@ -67,6 +67,7 @@ def build_backbone(
     output_stride: int = 16,
     multi_grid: Sequence[int] | None = None,
     width_multiplier: float = 1.0,
+    dilate_removed_stride_units: bool = False,
 ) -> Backbone:
     """Build a backbone by name, checking that the options apply to it."""
     if name not in BACKBONES:
@@ -78,7 +79,11 @@ def build_backbone(
         raise ValueError(
             f"backbone {name!r} has no width_multiplier option (got {width_multiplier})"
         )
-    return spec.build(output_stride, multi_grid, width_multiplier)
+    backbone = spec.build(output_stride, multi_grid, width_multiplier)
+    if dilate_removed_stride_units:
+        backbone.dilate_removed_stride_units = True
+        backbone.set_output_stride(output_stride)
+    return backbone
 
 
 __all__ = [

@@ -4,7 +4,9 @@ A backbone returns ``{"low": stride-4 features, "high": stride-OS features}`` an
 channels in ``out_channels``. Atrous convolution lets the same weights run at OS 8, 16 or 32: the
 backbone lists its units in order, and :func:`apply_output_stride` walks them the way the official
 ``stack_blocks_dense`` does. Once the running stride reaches the target, each later unit runs at
-stride 1 and the dilation grows by the stride it skipped.
+stride 1 and the dilation grows by the stride it skipped. segmentation_models_pytorch gives the
+unit that loses its stride the grown dilation already; ``dilate_removed_stride_units`` reproduces
+that for converted weights.
 """
 
 from __future__ import annotations
@@ -41,19 +43,26 @@ def _set_stride(module: nn.Module, stride: int) -> None:
         raise TypeError(f"cannot set the stride of {type(module).__name__}")
 
 
-def apply_output_stride(units: list[StridedUnit], output_stride: int, input_stride: int) -> None:
+def apply_output_stride(
+    units: list[StridedUnit],
+    output_stride: int,
+    input_stride: int,
+    dilate_removed_stride_units: bool = False,
+) -> None:
     """Set strides and dilations in place so the units end at ``output_stride``.
 
     ``input_stride`` is the stride of the stem before the first unit. A unit reached at the target
     stride runs at stride 1 with the current rate, and the rate is then multiplied by the stride it
-    skipped (TF-slim ``stack_blocks_dense``).
+    skipped (TF-slim ``stack_blocks_dense``, torchvision). With ``dilate_removed_stride_units`` the
+    rate is multiplied first, so that unit already runs at the grown rate (smp's ``make_dilated``).
     """
     check_output_stride(output_stride)
     current, rate = input_stride, 1
     for unit in units:
         if current == output_stride:
-            stride, unit_rate = 1, rate
-            rate *= unit.stride
+            grown = rate * unit.stride
+            stride, unit_rate = 1, grown if dilate_removed_stride_units else rate
+            rate = grown
         else:
             stride, unit_rate = unit.stride, 1
             current *= unit.stride
@@ -75,6 +84,8 @@ class Backbone(nn.Module, abc.ABC):
     out_channels: dict[str, int]
     #: Stride of the stem, before the first unit of :meth:`strided_units`.
     stem_stride: int
+    #: Units that lose their stride run at the grown rate (see :func:`apply_output_stride`).
+    dilate_removed_stride_units: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,7 +102,9 @@ class Backbone(nn.Module, abc.ABC):
 
     def set_output_stride(self, output_stride: int) -> None:
         """Switch to output stride 8, 16 or 32 in place; the parameters are unchanged."""
-        apply_output_stride(self.strided_units(), output_stride, self.stem_stride)
+        apply_output_stride(
+            self.strided_units(), output_stride, self.stem_stride, self.dilate_removed_stride_units
+        )
         self.output_stride = output_stride
 
     @abc.abstractmethod

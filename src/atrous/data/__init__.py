@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from atrous.data.ade20k import ADE20K
 from atrous.data.base import IGNORE_INDEX, SegmentationDataset, check_pair
 from atrous.data.cityscapes import Cityscapes
-from atrous.data.folder import FolderDataset
+from atrous.data.folder import FolderDataset, read_classes_file
 from atrous.data.io import DataError, read_image, read_mask
 from atrous.data.synthetic import SyntheticScenes
 from atrous.data.transforms import RandomScale, normalisation, training_transform
@@ -67,6 +68,30 @@ def build_dataset(config: DataConfig, split: Literal["train", "val"]) -> Segment
     )
 
 
+def dataset_labels(
+    config: DataConfig,
+) -> tuple[tuple[str, ...] | None, tuple[tuple[int, int, int], ...] | None]:
+    """Class names and palette of ``config``'s dataset, without reading its images.
+
+    A folder dataset's come from its ``classes.yaml``; (None, None) when that is not at hand.
+    """
+    fixed = {
+        "synthetic": SyntheticScenes,
+        "voc": VOCSegmentation,
+        "voc_aug": VOCSegmentation,
+        "cityscapes": Cityscapes,
+        "ade20k": ADE20K,
+    }
+    if config.dataset in fixed:
+        reader = fixed[config.dataset]
+        return reader.classes, reader.palette
+    classes_file = Path(config.root or ".") / "classes.yaml"
+    if config.dataset == "folder" and classes_file.is_file():
+        names, palette, _ = read_classes_file(classes_file)
+        return names, palette
+    return None, None
+
+
 __all__ = [
     "ADE20K",
     "IGNORE_INDEX",
@@ -81,6 +106,7 @@ __all__ = [
     "VOCSegmentation",
     "build_dataset",
     "check_pair",
+    "dataset_labels",
     "normalisation",
     "read_image",
     "read_mask",

@@ -22,7 +22,7 @@ from atrous.data.base import IGNORE_INDEX, FilePairs, require_dir
 from atrous.data.io import DataError, colours_to_labels
 from atrous.data.palettes import voc_palette
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 
 
 def read_classes_file(path: Path) -> tuple[tuple[str, ...], tuple | None, int]:

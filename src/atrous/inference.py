@@ -1,0 +1,145 @@
+"""Inference strategies, composable: eval output stride, multi-scale inputs, left-right flip and
+sliding windows (paper §4.3, Tables 3 and 5: train at OS16, evaluate at OS8 with scales
+0.5–1.75 and flips).
+
+One function, :func:`segment`, turns a batch of normalised images into class probabilities at
+the input's size. Evaluation, ``atrous predict`` and the demo all call it, so they cannot drift
+apart. The network can be a :class:`~atrous.model.DeepLab` or any callable from an (N, 3, h, w)
+float tensor to (N, C, h, w) logits (an ONNX Runtime session, a compiled model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from atrous.layers import check_output_stride, resize
+
+#: The paper's multi-scale inputs (§4.3).
+PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How to run a trained network on whole images; the default is one plain forward pass."""
+
+    output_stride: int | None = None  # run at this OS (paper: train 16, eval 8); None: as built
+    scales: tuple[float, ...] = (1.0,)  # input scales whose probabilities are averaged
+    flip: bool = False  # also run the left-right mirrored input and average
+    window: int | None = None  # sliding-window side in pixels; None: the whole image at once
+    overlap: float = 1 / 3  # fraction of the window shared by neighbouring windows
+    window_batch: int = 4  # windows per forward pass (bounds memory)
+
+    def __post_init__(self) -> None:
+        if self.output_stride is not None:
+            check_output_stride(self.output_stride)
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be positive numbers, got {self.scales!r}")
+        if self.window is not None and self.window < 16:
+            raise ValueError(f"window must be at least 16 pixels, got {self.window}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.window_batch < 1:
+            raise ValueError(f"window_batch must be at least 1, got {self.window_batch}")
+
+    @property
+    def passes(self) -> int:
+        """Forward passes per image (before sliding windows)."""
+        return len(self.scales) * (2 if self.flip else 1)
+
+
+@contextlib.contextmanager
+def output_stride(network: Network, stride: int | None) -> Iterator[None]:
+    """Run ``network`` at ``stride`` inside the block, restoring its own stride after."""
+    if stride is None:
+        yield
+        return
+    if not hasattr(network, "set_output_stride"):
+        raise ValueError("this network has a fixed output stride (it is not a DeepLab module)")
+    previous = network.output_stride
+    network.set_output_stride(stride)
+    try:
+        yield
+    finally:
+        network.set_output_stride(previous)
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows covering ``length`` pixels; the last one ends at the border."""
+    if length <= window:
+        return [0]
+    count = math.ceil((length - window) / stride) + 1
+    return sorted({min(i * stride, length - window) for i in range(count)})
+
+
+def sliding_window(
+    network: Network, images: torch.Tensor, window: int, overlap: float, window_batch: int
+) -> torch.Tensor:
+    """Average the softmax of overlapping ``window``×``window`` crops into (N, C, H, W).
+
+    Images smaller than the window are padded with zeros (the mean pixel after normalisation)
+    and the padding is cut off again. Memory: one (C, H, W) accumulator per image and
+    ``window_batch`` windows at a time.
+    """
+    n, _, height, width = images.shape
+    pad_h, pad_w = max(0, window - height), max(0, window - width)
+    padded = F.pad(images, (0, pad_w, 0, pad_h))
+    stride = max(1, int(window * (1 - overlap)))
+    boxes = [
+        (top, left)
+        for top in window_starts(padded.shape[2], window, stride)
+        for left in window_starts(padded.shape[3], window, stride)
+    ]
+    counts = torch.zeros(padded.shape[2:], device=images.device)
+    total = torch.zeros(0)
+    for first in range(0, len(boxes), window_batch):
+        chunk = boxes[first : first + window_batch]
+        crops = torch.cat([padded[..., t : t + window, s : s + window] for t, s in chunk])
+        probs = network(crops).float().softmax(1)
+        if first == 0:
+            total = probs.new_zeros(n, probs.shape[1], *padded.shape[2:])
+        for i, (top, left) in enumerate(chunk):
+            total[..., top : top + window, left : left + window] += probs[i * n : (i + 1) * n]
+            counts[top : top + window, left : left + window] += 1
+    return (total / counts)[..., :height, :width]
+
+
+def _probabilities(network: Network, images: torch.Tensor, config: InferenceConfig) -> torch.Tensor:
+    if config.window is not None:
+        return sliding_window(network, images, config.window, config.overlap, config.window_batch)
+    return network(images).float().softmax(1)
+
+
+@torch.no_grad()
+def segment(
+    network: Network, images: torch.Tensor, config: InferenceConfig = InferenceConfig()
+) -> torch.Tensor:
+    """(N, 3, H, W) normalised images → (N, C, H, W) class probabilities at the input size.
+
+    Each scale resizes the input (bilinear, corners aligned as in the official code), runs it
+    whole or in windows, with its mirror image when ``flip``, and the probabilities, resized
+    back, are averaged over all passes.
+    """
+    height, width = images.shape[-2:]
+    total = torch.zeros(())
+    with output_stride(network, config.output_stride):
+        for scale in config.scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            scaled = images if size == (height, width) else resize(images, size)
+            views = [scaled, scaled.flip(-1)] if config.flip else [scaled]
+            for flipped, view in enumerate(views):
+                probs = _probabilities(network, view, config)
+                if flipped:
+                    probs = probs.flip(-1)
+                if probs.shape[-2:] != (height, width):
+                    probs = resize(probs, (height, width))
+                total = total + probs
+    return total / config.passes

@@ -1,0 +1,247 @@
+"""Running a trained model on the user's images: label maps, palette PNGs and colour overlays.
+
+:class:`Segmenter` is the one path from a raw RGB image to a label map. It applies the same
+normalisation as evaluation and the same :func:`~atrous.inference.segment` strategies, so a
+prediction equals what validation scored (a common complaint about DeepLab code: standalone
+results differ from validation). ``atrous predict``, the demo and the demo page all use it.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torchvision import tv_tensors
+from tqdm import tqdm
+
+from atrous.checkpoint import load_checkpoint
+from atrous.data import DataConfig, dataset_labels
+from atrous.data.folder import IMAGE_SUFFIXES
+from atrous.data.io import DataError, read_image
+from atrous.data.palettes import voc_palette
+from atrous.data.transforms import normalisation
+from atrous.evaluate import autocast
+from atrous.export import OnnxNetwork
+from atrous.inference import InferenceConfig, Network, segment
+from atrous.model import load_model
+from atrous.train import TrainConfig
+from atrous.visualize import colorize, overlay, palette_image
+from atrous.zoo import build_model
+
+#: Where ``atrous demo`` saves its model; the default of ``atrous predict``/``eval``/``export``.
+DEMO_MODEL = "runs/demo/model"
+
+
+@dataclass
+class Segmenter:
+    """A trained network with what it needs to run on raw images.
+
+    ``network`` is a DeepLab module or any callable from normalised (N, 3, H, W) images to
+    logits (e.g. an ONNX Runtime session wrapper).
+    """
+
+    network: Network
+    mean: Sequence[float]
+    std: Sequence[float]
+    num_classes: int
+    class_names: Sequence[str] | None = None
+    palette: Sequence[Sequence[int]] | None = None
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    precision: str = "fp32"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        if self.palette is None:
+            self.palette = voc_palette(self.num_classes)
+        if self.class_names is None:
+            self.class_names = tuple(f"class {i}" for i in range(self.num_classes))
+        self._transform = normalisation(self.mean, self.std)
+
+    def probabilities(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB → (C, H, W) class probabilities at the image's size."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} of {image.dtype}"
+            )
+        pixels = tv_tensors.Image(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1))
+        batch = self._transform(pixels).unsqueeze(0).to(self.device)
+        with autocast(self.device, self.precision):
+            return segment(self.network, batch, self.inference)[0]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB → (H, W) uint8 label map."""
+        return self.probabilities(image).argmax(0).to(torch.uint8).cpu().numpy()
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_files` wrote, and which inputs failed with which message."""
+
+    written: list[Path]
+    failed: list[tuple[Path, str]]
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files, folders (their image files) and glob patterns → a de-duplicated list.
+
+    Files named one by one are kept whatever their ending, so a wrong file gets an error
+    naming it rather than being skipped silently.
+    """
+    found: dict[Path, None] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = [
+                Path(p)
+                for p in sorted(glob.glob(str(item), recursive=True))
+                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if not matches:
+                raise ValueError(f"no image files match {str(item)!r}")
+        found.update(dict.fromkeys(matches))
+    files = list(found)
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise ValueError(
+                f"{stems[path.stem]} and {path} share the name {path.stem!r}; their outputs "
+                "would overwrite each other (predict them into separate folders)"
+            )
+        stems[path.stem] = path
+    return files
+
+
+def side_by_side(
+    image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """Image | overlay | label colours, as one (H, 3W, 3) uint8 picture."""
+    return np.concatenate(
+        [image, overlay(image, labels, palette), colorize(labels, palette)], axis=1
+    )
+
+
+def predict_files(
+    segmenter: Segmenter,
+    inputs: Sequence[str | Path],
+    output_dir: str | Path,
+    overlays: bool = True,
+    figures: bool = False,
+    progress: bool = True,
+) -> PredictReport:
+    """Segment every input image and write, under ``output_dir``, ``masks/<stem>.png`` (palette
+    PNG of class indices, the input's size), ``overlays/<stem>.png`` and, with ``figures``,
+    ``figures/<stem>.png`` (image | overlay | labels).
+
+    A file that cannot be read is reported in the result and the others are still processed.
+    """
+    files = expand_inputs(inputs)
+    output_dir = Path(output_dir)
+    folders = {"masks": True, "overlays": overlays, "figures": figures}
+    for name, wanted in folders.items():
+        if wanted:
+            (output_dir / name).mkdir(parents=True, exist_ok=True)
+    report = PredictReport([], [])
+    for path in tqdm(files, desc="predict", disable=not progress, unit="image"):
+        try:
+            image = read_image(path)
+        except DataError as error:
+            report.failed.append((path, str(error)))
+            continue
+        labels = segmenter(image)
+        palette = segmenter.palette
+        mask_path = output_dir / "masks" / f"{path.stem}.png"
+        palette_image(labels, palette).save(mask_path)
+        report.written.append(mask_path)
+        if overlays:
+            overlay_path = output_dir / "overlays" / f"{path.stem}.png"
+            Image.fromarray(overlay(image, labels, palette)).save(overlay_path)
+            report.written.append(overlay_path)
+        if figures:
+            figure_path = output_dir / "figures" / f"{path.stem}.png"
+            Image.fromarray(side_by_side(image, labels, palette)).save(figure_path)
+            report.written.append(figure_path)
+    return report
+
+
+def load_segmenter(
+    source: str | Path,
+    inference: InferenceConfig | None = None,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+) -> Segmenter:
+    """A :class:`Segmenter` from a saved model folder, a training checkpoint (``.pt``, read
+    with ``weights_only=True``) or an exported ``.onnx`` file."""
+    path = Path(source)
+    device = torch.device(device)
+    inference = inference or InferenceConfig()
+    if path.suffix == ".onnx":
+        network = OnnxNetwork(path)
+        meta = network.metadata
+        if not meta:
+            raise ValueError(f"{path} has no atrous metadata; export it with `atrous export`")
+        return Segmenter(
+            network,
+            meta["mean"],
+            meta["std"],
+            meta["num_classes"],
+            meta["class_names"],
+            meta["palette"],
+            inference,
+            precision,
+            torch.device("cpu"),
+        )
+    if path.is_dir():
+        model = load_model(path)
+        class_names, palette = model.class_names, model.palette
+    elif path.is_file():
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or "model" not in state or "config" not in state:
+            raise ValueError(f"{path} is not an atrous training checkpoint (no model/config)")
+        config = TrainConfig.from_dict(state["config"])
+        model = build_model(config.model)
+        model.load_state_dict(state["model"])
+        class_names, palette = dataset_labels(config.data)
+    else:
+        raise FileNotFoundError(f"no model at {path} (a model folder, .pt checkpoint or .onnx)")
+    model = model.to(device).eval()
+    config = model.config
+    return Segmenter(
+        model,
+        config.mean,
+        config.std,
+        config.num_classes,
+        class_names,
+        palette,
+        inference,
+        precision,
+        device,
+    )
+
+
+def run_data_config(model: str | Path) -> DataConfig:
+    """The dataset a model was trained on, from its run's ``config.yaml`` (beside a checkpoint
+    or beside the saved ``model/`` folder that training writes)."""
+    path = Path(model)
+    for candidate in (path.parent / "config.yaml", path / "config.yaml"):
+        if candidate.is_file():
+            return TrainConfig.from_dict(yaml.safe_load(candidate.read_text())).data
+    raise ValueError(
+        f"cannot tell which dataset {path} was trained on (no config.yaml beside it); "
+        "name one with --data.dataset and --data.root"
+    )
+
+
+def default_report_path(model: str | Path, split: str) -> Path:
+    """``eval_<split>.json`` in the model's folder (its run folder for a checkpoint file)."""
+    path = Path(model)
+    return (path if path.is_dir() else path.parent) / f"eval_{split}.json"

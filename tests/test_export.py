@@ -1,0 +1,78 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from atrous.cli import main
+from atrous.data.synthetic import render_scene
+from atrous.export import METADATA_KEY, export_onnx, export_program
+from atrous.predict import load_segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    segmenter = load_segmenter(tiny_run / "best.pt")
+    report = export_onnx(segmenter.network, path, segmenter.class_names, segmenter.palette)
+    return segmenter, path, report
+
+
+def test_onnx_matches_eager_at_two_sizes(exported):
+    segmenter, path, report = exported
+    assert len(report.max_abs_diff) == 2
+    assert all(0 <= d <= 1e-4 for d in report.max_abs_diff.values())
+    graph_input = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in graph_input] == [True, False, True, True]
+    onnx_segmenter = load_segmenter(path)
+    assert list(onnx_segmenter.class_names) == list(segmenter.class_names)
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    torch.testing.assert_close(
+        onnx_segmenter.probabilities(image), segmenter.probabilities(image), atol=1e-5, rtol=0
+    )
+
+
+def test_onnx_metadata_describes_the_model(exported):
+    _, path, _ = exported
+    entries = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert METADATA_KEY in entries
+    assert '"triangle"' in entries[METADATA_KEY]
+
+
+def test_documented_onnxruntime_snippet_runs(exported, tmp_path):
+    """docs/deployment.md's snippet, run as written, gives the eager model's labels."""
+    segmenter, path, _ = exported
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "demo.onnx").symlink_to(path)
+    image = render_scene(3, 0, 72)[0]
+    Image.fromarray(image).save(tmp_path / "photo.jpg", quality=100)
+    subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, check=True, timeout=120)
+    mask = Image.open(tmp_path / "photo_mask.png")
+    reread = np.asarray(Image.open(tmp_path / "photo.jpg").convert("RGB"))
+    assert mask.mode == "P" and mask.size == (72, 72)
+    np.testing.assert_array_equal(np.asarray(mask), segmenter(reread))
+
+
+def test_torch_export_program_runs_at_other_sizes(exported, tmp_path):
+    segmenter, _, _ = exported
+    path = export_program(segmenter.network, tmp_path / "tiny.pt2")
+    program = torch.export.load(path).module()
+    images = torch.randn(2, 3, 75, 101)
+    with torch.no_grad():
+        torch.testing.assert_close(program(images), segmenter.network(images), atol=1e-4, rtol=0)
+
+
+def test_export_command_reports_the_check(tiny_run, tmp_path, capsys):
+    output = tmp_path / "cli.onnx"
+    status = main(["export", "--model", str(tiny_run / "best.pt"), "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert status == 0 and output.is_file()
+    assert printed.count("ONNX Runtime vs eager") == 2
