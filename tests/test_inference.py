@@ -1,8 +1,15 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from atrous.inference import InferenceConfig, segment, sliding_window, window_starts
+from atrous.inference import (
+    InferenceConfig,
+    aligned_size,
+    segment,
+    sliding_window,
+    window_starts,
+)
 from atrous.layers import resize
 from atrous.zoo import create_model
 
@@ -105,3 +112,26 @@ def test_eval_output_stride_runs_at_that_stride_and_restores_it():
 def test_bad_inference_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InferenceConfig(**kwargs)
+
+
+def test_aligned_sizes_follow_the_output_stride_and_corner_mode():
+    assert aligned_size(128, 16, True) == 129
+    assert aligned_size(129, 16, True) == 129
+    assert aligned_size(10, 16, True) == 17
+    assert aligned_size(128, 16, False) == 128
+    assert aligned_size(130, 8, False) == 136
+
+
+def test_whole_images_run_padded_to_an_aligned_size_and_cut_back():
+    """128×100 at OS16 runs as 129×113 (mean-pixel padding) and the extra rows are cut off."""
+    model = create_model("deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.5).eval()
+    with torch.no_grad():
+        model.classifier.weight *= 1000  # logits of a trained model's size, not ~0.01
+    images = torch.randn(1, 3, 128, 100)
+    with torch.no_grad():
+        expected = model(F.pad(images, (0, 13, 0, 1)))[..., :128, :100].softmax(1)
+        unaligned = model(images).softmax(1)
+    torch.testing.assert_close(segment(model, images), expected, atol=1e-6, rtol=0)
+    plain = segment(model, images, InferenceConfig(align=False))
+    torch.testing.assert_close(plain, unaligned, atol=1e-6, rtol=0)
+    assert (plain - expected).abs().max() > 1e-4  # unaligned inputs shift the output

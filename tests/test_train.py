@@ -9,13 +9,15 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_config
+from safetensors.torch import save_file
 
 from atrous.checkpoint import load_checkpoint
 from atrous.data import build_dataset
 from atrous.demo import demo_config
 from atrous.distributed import DistributedEnv
 from atrous.evaluate import evaluate_dataset
-from atrous.train import OptimConfig, TrainConfig, poly_schedule, train
+from atrous.model import load_model
+from atrous.train import OptimConfig, TrainConfig, _prepare_model, poly_schedule, train
 from atrous.zoo import build_model, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +192,22 @@ def test_bf16_training_runs(tmp_path):
         tiny_config(tmp_path, iterations=2, val_every=2, precision="bf16", channels_last=True)
     )
     assert result.iteration == 2 and result.scores is not None
+
+
+def test_training_starts_from_backbone_weights_and_saved_models(tiny_run, tmp_path):
+    env = DistributedEnv(0, 1, 0, torch.device("cpu"))
+    saved = load_model(tiny_run / "model")
+    backbone_file = tmp_path / "backbone.safetensors"
+    save_file(saved.backbone.state_dict(), backbone_file)
+    config = tiny_config(tmp_path, backbone_weights=str(backbone_file))
+    model, _ = _prepare_model(config, env)
+    for key, value in saved.backbone.state_dict().items():
+        torch.testing.assert_close(model.backbone.state_dict()[key], value, rtol=0, atol=0)
+    assert not torch.equal(model.classifier.weight, saved.classifier.weight)
+
+    config = tiny_config(tmp_path, init_from=str(tiny_run / "model"))
+    config = dataclasses.replace(config, model=config.model.replace(num_classes=4))
+    with pytest.warns(UserWarning, match="classifier"):
+        model, _ = _prepare_model(config, env)
+    torch.testing.assert_close(model.aspp.state_dict(), saved.aspp.state_dict(), rtol=0, atol=0)
+    assert model.classifier.weight.shape[0] == 4

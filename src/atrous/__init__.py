@@ -6,6 +6,7 @@ from atrous.backbones.weights import load_backbone_weights
 from atrous.checkpoint import LoadReport, load_weights
 from atrous.config import ModelConfig
 from atrous.decoder import Decoder
+from atrous.fast import FastNetwork, optimize_for_inference
 from atrous.layers import ASPP, SeparableConv2d
 from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus, load_model
 from atrous.profile import ModelProfile, profile_model
@@ -21,6 +22,7 @@ __all__ = [
     "DeepLab",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "FastNetwork",
     "LoadReport",
     "MobileNetV2",
     "ModelConfig",
@@ -37,5 +39,6 @@ __all__ = [
     "load_backbone_weights",
     "load_model",
     "load_weights",
+    "optimize_for_inference",
     "profile_model",
 ]

@@ -28,6 +28,7 @@ from atrous.demo import run_demo
 from atrous.distributed import init_distributed, resolve_device, shutdown_distributed
 from atrous.evaluate import evaluate_dataset, scores_to_dict
 from atrous.export import ExportCheckError, export_onnx, export_program
+from atrous.fast import CALIBRATION_IMAGES, calibration_images, fast_segmenter
 from atrous.inference import InferenceConfig
 from atrous.predict import (
     DEMO_MODEL,
@@ -180,10 +181,11 @@ def evaluate(
     inference: InferenceConfig = InferenceConfig(),  # noqa: B008
     trimap: list[int] | None = None,
     trimap_source: Literal["void", "edges"] = "void",
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32",
     device: str = "auto",
     output: str | None = None,
     progress: bool = True,
+    fast: bool = False,
 ) -> None:
     """Score a model on a dataset: per-class IoU table, summary, JSON file; works under torchrun.
 
@@ -194,17 +196,25 @@ def evaluate(
         inference: output stride, scales (paper: [0.5,0.75,1.0,1.25,1.5,1.75]), flip, window.
         trimap: band widths in pixels for mIoU near boundaries (paper Fig. 5a), e.g. [4,8,16].
         trimap_source: band around 'void' pixels (VOC) or around label 'edges'.
-        precision: fp32, bf16 (CPU/GPU) or fp16 (CUDA).
+        precision: fp32, bf16 (CPU/GPU), fp16 (CUDA) or int8 (CPU, with --fast).
         device: auto, cpu, cuda, cuda:1, ...
         output: the JSON file (default: eval_<split>.json beside the model).
         progress: show a progress bar.
+        fast: run the network optimised for inference (atrous.optimize_for_inference); int8
+            calibrates on the split's first 8 images.
     """
     env = init_distributed(device)
     try:
         data = data or run_data_config(model)
         data = dataclasses.replace(data, val_split=split)
         dataset = build_dataset(data, "val")
-        segmenter = load_segmenter(model, inference, precision, env.device)
+        if precision == "int8" and not fast:
+            raise ValueError("precision int8 needs --fast true")
+        segmenter = load_segmenter(model, inference, "fp32" if fast else precision, env.device)
+        if fast:
+            count = min(CALIBRATION_IMAGES, len(dataset))
+            images = [dataset.load(i)[0] for i in range(count)]
+            segmenter = fast_segmenter(segmenter, precision, images)
         if segmenter.num_classes != dataset.num_classes:
             raise ValueError(
                 f"the model predicts {segmenter.num_classes} classes, the dataset has "
@@ -216,9 +226,9 @@ def evaluate(
             segmenter.mean,
             segmenter.std,
             env,
-            precision,
+            segmenter.precision,
             progress,
-            inference,
+            segmenter.inference,
             trimap or (),
             trimap_source,
         )
@@ -247,6 +257,7 @@ def evaluate(
         "images": len(dataset),
         "inference": dataclasses.asdict(inference),
         "precision": precision,
+        "fast": fast,
         "scores": scores_to_dict(scores, names),
     }
     if result.trimap is not None:
@@ -269,11 +280,12 @@ def predict(
     model: str = DEMO_MODEL,
     output_dir: str = "predictions",
     inference: InferenceConfig = InferenceConfig(),  # noqa: B008
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32",
     device: str = "auto",
     overlays: bool = True,
     figures: bool = False,
     progress: bool = True,
+    fast: bool = False,
 ) -> int:
     """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/.
 
@@ -283,13 +295,21 @@ def predict(
             (default: the model the last `atrous demo` saved).
         output_dir: where masks/, overlays/ and figures/ go; file stems are kept.
         inference: output stride, scales, flip, sliding window.
-        precision: fp32, bf16 (CPU/GPU) or fp16 (CUDA).
+        precision: fp32, bf16 (CPU/GPU), fp16 (CUDA) or int8 (CPU, with --fast).
         device: auto, cpu, cuda, ...
         overlays: write colour overlays.
         figures: also write image | overlay | labels side by side.
         progress: show a progress bar.
+        fast: run the network optimised for inference (atrous.optimize_for_inference); int8
+            calibrates on the first 8 input images.
     """
-    segmenter = load_segmenter(model, inference, precision, resolve_device(device))
+    if precision == "int8" and not fast:
+        raise ValueError("precision int8 needs --fast true")
+    segmenter = load_segmenter(
+        model, inference, "fp32" if fast else precision, resolve_device(device)
+    )
+    if fast:
+        segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
     report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress)
     images = len(report.written) // (1 + overlays + figures)
     console.print(f"{images} images segmented; results in {output_dir}")

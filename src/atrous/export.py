@@ -143,7 +143,10 @@ def export_program(model: nn.Module, path: str | Path) -> Path:
 class OnnxNetwork:
     """An ONNX Runtime session behaving like the network: (N, 3, H, W) tensor → logits tensor."""
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, providers: Sequence[str] | None = None, options: Any = None
+    ) -> None:
+        """``options``: an ``onnxruntime.SessionOptions`` (threads, optimisation level)."""
         import onnxruntime
 
         path = Path(path)
@@ -151,13 +154,17 @@ class OnnxNetwork:
             raise FileNotFoundError(f"no ONNX file at {path}")
         try:
             self.session = onnxruntime.InferenceSession(
-                str(path), providers=list(providers or ["CPUExecutionProvider"])
+                str(path), options, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as error:
             raise ValueError(f"cannot load ONNX model {path}: {error}") from None
         self.input_name = self.session.get_inputs()[0].name
         custom = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = json.loads(custom.get(METADATA_KEY, "{}"))
+        config = self.metadata.get("config", {})
+        #: What inference needs to pad inputs to aligned sizes (None: unknown, run as given).
+        self.output_stride: int | None = config.get("output_stride")
+        self.align_corners: bool = config.get("align_corners", True)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().float().cpu().numpy()

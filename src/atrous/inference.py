@@ -36,6 +36,7 @@ class InferenceConfig:
     window: int | None = None  # sliding-window side in pixels; None: the whole image at once
     overlap: float = 1 / 3  # fraction of the window shared by neighbouring windows
     window_batch: int = 4  # windows per forward pass (bounds memory)
+    align: bool = True  # pad whole images to OS·k+1 (as the official 513 crops) and cut back
 
     def __post_init__(self) -> None:
         if self.output_stride is not None:
@@ -112,10 +113,37 @@ def sliding_window(
     return (total / counts)[..., :height, :width]
 
 
+def aligned_size(length: int, stride: int, align_corners: bool) -> int:
+    """The smallest size >= ``length`` whose feature grids line up with the pixel grid:
+    ``stride·k + 1`` when resizes align corners (the official 513 = 16·32 + 1), else
+    ``stride·k``."""
+    offset = 1 if align_corners else 0
+    return max(stride + offset, math.ceil((length - offset) / stride) * stride + offset)
+
+
+def align_input(network: Network, images: torch.Tensor) -> torch.Tensor:
+    """Pad (bottom and right, with the mean pixel) to the network's aligned size.
+
+    At other sizes every bilinear resize in the model shifts its output by a fraction of a
+    feature cell, which costs accuracy at every boundary; the official evaluation pads each image
+    to 513×513 for the same reason. Networks that do not state their output stride run as given.
+    """
+    stride = getattr(network, "output_stride", None)
+    if stride is None:
+        return images
+    corners = getattr(network, "align_corners", True)
+    height, width = images.shape[-2:]
+    pad_h = aligned_size(height, stride, corners) - height
+    pad_w = aligned_size(width, stride, corners) - width
+    return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+
+
 def _probabilities(network: Network, images: torch.Tensor, config: InferenceConfig) -> torch.Tensor:
     if config.window is not None:
         return sliding_window(network, images, config.window, config.overlap, config.window_batch)
-    return network(images).float().softmax(1)
+    height, width = images.shape[-2:]
+    inputs = align_input(network, images) if config.align else images
+    return network(inputs)[..., :height, :width].float().softmax(1)
 
 
 @torch.no_grad()

@@ -119,6 +119,11 @@ class DeepLab(
         self.backbone.set_output_stride(output_stride)
         self.aspp.set_output_stride(output_stride)
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute backbone activations during backward instead of keeping them (training at
+        OS8 in less memory, for about one more backbone forward pass; same gradients)."""
+        self.backbone.activation_checkpointing = enabled
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images → (N, num_classes, H, W) logits."""
         check_input(x)

@@ -29,14 +29,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from atrous.checkpoint import load_checkpoint, save_checkpoint
+from atrous.backbones.weights import load_backbone_weights
+from atrous.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from atrous.config import ModelConfig
 from atrous.data import DataConfig, build_dataset, training_transform
 from atrous.data.sampler import AugmentedSamples, EpochSampler
 from atrous.distributed import DistributedEnv, barrier, init_distributed, shutdown_distributed
 from atrous.evaluate import autocast, evaluate_dataset
 from atrous.metrics import SegmentationScores
-from atrous.model import DeepLab
+from atrous.model import DeepLab, load_model
 from atrous.plots import plot_curves
 from atrous.zoo import build_model
 
@@ -67,12 +68,15 @@ class RunConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16: CUDA only)
     bn_mode: Literal["train", "frozen"] = "train"  # frozen: keep BN statistics (paper at OS8)
     channels_last: bool = False  # NHWC memory format (faster convs on many CPUs/GPUs)
+    activation_checkpointing: bool = False  # recompute backbone activations in backward (OS8)
     val_every: int = 2000  # validate (and checkpoint) every this many iterations; 0: at the end
     log_every: int = 20  # write loss/lr to the logs every this many iterations
     output_dir: str = "runs/train"  # checkpoints, logs, curves, resolved config
     resume: bool = True  # continue from output_dir/last.pt when it exists
     stop_after: int | None = None  # end this invocation after this iteration (resumable later)
     seed: int = 0  # weights, data order and augmentation
+    backbone_weights: str | None = None  # ImageNet start: IMAGENET1K_V2, tf_in1k, or a file
+    init_from: str | None = None  # saved model folder/repo to fine-tune (new classifier if needed)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", …
     progress: bool = True  # show a progress bar
 
@@ -217,6 +221,13 @@ def _prepare_model(config: TrainConfig, env: DistributedEnv) -> tuple[DeepLab, n
     """Build the model, place it, and wrap it for DDP (SyncBN on CUDA)."""
     torch.manual_seed(config.run.seed)
     model = build_model(config.model)
+    if config.run.backbone_weights is not None:  # the paper starts from ImageNet weights (§4)
+        load_backbone_weights(model.backbone, config.model.backbone, config.run.backbone_weights)
+    if config.run.init_from is not None:
+        # A classifier for another number of classes is re-initialised (with a warning).
+        start = load_model(config.run.init_from, num_classes=config.model.num_classes, strict=False)
+        load_weights(model, start.state_dict(), source=config.run.init_from)
+    model.set_activation_checkpointing(config.run.activation_checkpointing)
     if env.sync_bn and config.run.bn_mode == "train":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format

@@ -12,10 +12,14 @@ that for converted weights.
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from atrous.layers import check_output_stride, set_conv_dilation
 
@@ -77,6 +81,20 @@ def apply_output_stride(
         )
 
 
+@contextlib.contextmanager
+def bn_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Undo, on exit, what the block does to the BN running statistics inside ``module``."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, buffers in zip(norms, saved, strict=True):
+                for name, value in buffers.items():
+                    getattr(norm, name).copy_(value)
+
+
 class Backbone(nn.Module, abc.ABC):
     """Feature extractor returning ``{"low": stride 4, "high": stride OS}``."""
 
@@ -86,6 +104,8 @@ class Backbone(nn.Module, abc.ABC):
     stem_stride: int
     #: Units that lose their stride run at the grown rate (see :func:`apply_output_stride`).
     dilate_removed_stride_units: bool = False
+    #: Training keeps only each unit's input and recomputes the rest during backward.
+    activation_checkpointing: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,6 +126,20 @@ class Backbone(nn.Module, abc.ABC):
             self.strided_units(), output_stride, self.stem_stride, self.dilate_removed_stride_units
         )
         self.output_stride = output_stride
+
+    def run_unit(self, unit: Callable[..., Any], module: nn.Module, *inputs: torch.Tensor) -> Any:
+        """``unit(*inputs)``, checkpointed when ``activation_checkpointing`` is on and gradients
+        are being recorded: memory at OS8 drops to the units' inputs plus one unit's activations,
+        for one more forward pass. The recomputation leaves ``module``'s BN statistics as the
+        first pass set them, so training is the same as without checkpointing."""
+        if not (self.activation_checkpointing and self.training and torch.is_grad_enabled()):
+            return unit(*inputs)
+        return checkpoint(
+            unit,
+            *inputs,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), bn_statistics_kept(module)),
+        )
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

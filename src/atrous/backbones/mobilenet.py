@@ -52,5 +52,6 @@ class MobileNetV2(Backbone):
         expand, depthwise, project, project_bn = self.features[TAP_INDEX].conv
         low = depthwise(expand(x))  # (N, 144·w, H/4, W/4)
         x = x + project_bn(project(low))
-        x = self.features[TAP_INDEX + 1 :](x)  # (N, 320·w, H/OS, W/OS)
+        for unit in self.features[TAP_INDEX + 1 :]:
+            x = self.run_unit(unit, unit, x)  # ends (N, 320·w, H/OS, W/OS)
         return {"low": low, "high": x}

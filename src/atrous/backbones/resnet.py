@@ -176,8 +176,11 @@ class ResNet(Backbone):
             low = tap_unit.residual(x)
             x = self.layer1[-1](tap_unit.add(low, x))
         else:
-            x = low = self.layer1(x)  # (N, 256, H/4, W/4)
-        x = self.layer4(self.layer3(self.layer2(x)))  # (N, 2048, H/OS, W/OS)
+            for unit in self.layer1:
+                x = self.run_unit(unit, unit, x)
+            low = x  # (N, 256, H/4, W/4)
+        for unit in (*self.layer2, *self.layer3, *self.layer4):
+            x = self.run_unit(unit, unit, x)  # ends (N, 2048, H/OS, W/OS)
         return {"low": low, "high": x}
 
 

@@ -159,7 +159,7 @@ class Xception(Backbone):
         low = x
         for i, block in enumerate(self.blocks):
             if i == self.tap_index:
-                x, low = block.forward_with_tap(x)  # low: (N, 256, H/4, W/4)
+                x, low = self.run_unit(block.forward_with_tap, block, x)  # low: (N, 256, H/4, W/4)
             else:
-                x = block(x)
+                x = self.run_unit(block, block, x)
         return {"low": low, "high": x}  # high: (N, 2048, H/OS, W/OS)
