@@ -57,6 +57,9 @@ from atrous.profile import profile_model
 
 Runner = Callable[[torch.Tensor], Any]
 ROOT = Path(__file__).resolve().parent
+#: Idle time before each timed call: ONNX Runtime and OpenMP threads keep spinning for a while
+#: after a call, and would slow the next contender by up to 20%; one process runs one runtime.
+PAUSE_S = 0.2
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -341,6 +344,7 @@ class Row:
     train: bool = False  # training steps
     checkpointing: bool = False  # training step with activation checkpointing too
     rounds: int | None = None  # latency rounds (default: --rounds)
+    int8: bool = True  # int8 paths (left out at OS8 to keep the default run under 10 minutes)
 
 
 def _converted_smp(encoder: str, output_stride: int) -> Callable:
@@ -382,13 +386,12 @@ ROWS = {
             train=True,
         ),
         Row(
-            "r50_os16_513",
+            "r50_os16_512",
             "DeepLabV3+ ResNet-50 OS16 (smp's, converted)",
             "smp DeepLabV3Plus resnet50",
-            (513, 513),
+            (512, 512),
             _converted_smp("resnet50", 16),
             True,
-            peer_size=(512, 512),
         ),
         Row(
             "r101_os8_513",
@@ -397,6 +400,7 @@ ROWS = {
             (513, 513),
             _converted_torchvision(101),
             True,
+            int8=False,
             train=True,
             checkpointing=True,
             rounds=3,
@@ -408,6 +412,9 @@ ROWS = {
             (513, 513),
             _converted_torchvision(50),
             True,
+            int8=False,
+            train=True,
+            checkpointing=True,
             rounds=3,
         ),
         Row(
@@ -448,7 +455,7 @@ ROWS = {
         ),
     ]
 }
-DEFAULT_ROWS = ("r101_os16_512", "r50_os16_513", "r101_os8_513", "x65_sc_os16_513", "mnv2_os16_769")
+DEFAULT_ROWS = ("r101_os16_512", "r50_os16_512", "r50_os8_513", "x65_sc_os16_513", "mnv2_os16_769")
 
 
 def contenders(
@@ -458,14 +465,16 @@ def contenders(
     device: torch.device,
     examples: dict[str, torch.Tensor],
     folder: Path,
+    all_paths: bool,
 ) -> list[Contender]:
-    """Every way to run the row's two networks on ``device``."""
+    """Every way to run the row's two networks on ``device`` (the peer's eager variants and
+    torch.compile only on full rows, or with ``all_paths``)."""
     ours, theirs = examples["atrous"], examples["peer"]
     calibration = [torch.randn(1, 3, *ours.shape[-2:]) for _ in range(2)]
     items: list[Contender] = []
     if peer is not None:
         items.append(Contender("peer", "eager fp32", "fp32", lambda: eager(peer, device), True))
-        if row.full:
+        if row.full or all_paths:
             items += [
                 Contender(
                     "peer",
@@ -512,15 +521,18 @@ def contenders(
                     True,
                     lambda: onnx_file["fp32"].session(),
                 ),
-                Contender(
-                    "peer",
-                    "ONNX Runtime int8 (static QDQ, per-channel)",
-                    "int8",
-                    peer_int8,
-                    True,
-                    lambda: onnx_file["fp32"].session(int8=True),
-                ),
             ]
+            if row.int8 or all_paths:
+                items.append(
+                    Contender(
+                        "peer",
+                        "ONNX Runtime int8 (static QDQ, per-channel)",
+                        "int8",
+                        peer_int8,
+                        True,
+                        lambda: onnx_file["fp32"].session(int8=True),
+                    )
+                )
     items.append(Contender("atrous", "eager fp32", "fp32", lambda: eager(model, device), True))
     workdirs = {p: folder / f"{row.key}_{p}" for p in ("fp32", "int8")}
     items.append(
@@ -539,7 +551,7 @@ def contenders(
     items.append(
         Contender("atrous", f"optimize_for_inference {low}", low, lambda: fast(model, ours, low))
     )
-    if device.type == "cpu":
+    if device.type == "cpu" and (row.int8 or all_paths):
         items.append(
             Contender(
                 "atrous",
@@ -597,23 +609,17 @@ def measure_training(row: Row, model, peer, device, rounds: int) -> list[dict[st
     size = (321, 321)
     peer_size = (320, 320) if row.peer_name.startswith("smp") else size  # smp: multiples of 16
     variants: list[tuple[str, str, Callable[[], Callable[[], None]]]] = []
-    if peer is not None:
+    if peer is not None and not row.checkpointing:
         variants.append(("peer", "fp32", lambda: train_step_runner(peer, device, peer_size)))
+    variants.append(("atrous", "fp32", lambda: train_step_runner(model, device, size)))
+    if not row.checkpointing:
         variants.append(
             (
-                "peer",
+                "atrous",
                 "bf16 autocast, channels_last",
-                lambda: train_step_runner(peer, device, peer_size, low),
+                lambda: train_step_runner(model, device, size, low),
             )
         )
-    variants.append(("atrous", "fp32", lambda: train_step_runner(model, device, size)))
-    variants.append(
-        (
-            "atrous",
-            "bf16 autocast, channels_last",
-            lambda: train_step_runner(model, device, size, low),
-        )
-    )
     if row.checkpointing:
         variants.append(
             (
@@ -634,6 +640,7 @@ def measure_training(row: Row, model, peer, device, rounds: int) -> list[dict[st
         )
     for _ in range(rounds):
         for item in built:
+            time.sleep(PAUSE_S)
             item["times"].append(clock(item["step"]))
     return [
         {
@@ -649,7 +656,9 @@ def measure_training(row: Row, model, peer, device, rounds: int) -> list[dict[st
 # ---------------------------------------------------------------------------- one row
 
 
-def run_row(row: Row, device: torch.device, rounds: int, folder: Path, log: Callable) -> dict:
+def run_row(
+    row: Row, device: torch.device, rounds: int, folder: Path, log: Callable, all_paths: bool
+) -> dict:
     rounds = row.rounds or rounds
     torch.manual_seed(0)
     model, peer = row.build()
@@ -679,7 +688,7 @@ def run_row(row: Row, device: torch.device, rounds: int, folder: Path, log: Call
             "atrous": model(example).float(),
             "peer": peer(peer_example).float() if peer is not None else None,
         }
-    items = contenders(row, model, peer, device, examples, folder)
+    items = contenders(row, model, peer, device, examples, folder, all_paths)
     for item in items:
         start = time.perf_counter()
         try:
@@ -706,6 +715,7 @@ def run_row(row: Row, device: torch.device, rounds: int, folder: Path, log: Call
     for _ in range(rounds):
         for item in ready:
             x = examples[item.side]
+            time.sleep(PAUSE_S)
             item.times.append(clock(lambda item=item, x=x: item.run(x)))
     log(f"  latency: {rounds} rounds done")
     batch_items = [item for item in ready if item.throughput and row.full]
@@ -714,6 +724,7 @@ def run_row(row: Row, device: torch.device, rounds: int, folder: Path, log: Call
     for _ in range(3 if batch_items else 0):
         for item in batch_items:
             x = examples[item.side].expand(4, -1, -1, -1).contiguous()
+            time.sleep(PAUSE_S)
             item.batch_times.append(clock(lambda item=item, x=x: item.run(x)))
     info["contenders"] = [
         {
@@ -733,7 +744,7 @@ def run_row(row: Row, device: torch.device, rounds: int, folder: Path, log: Call
         for item in items
     ]
     if row.train:
-        info["training"] = measure_training(row, model, peer, device, max(3, rounds // 2))
+        info["training"] = measure_training(row, model, peer, device, 2)
         log("  training steps done")
     return info
 
@@ -864,8 +875,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DEFAULT_ROWS),
         help=f"comma-separated, or 'all': {', '.join(ROWS)}",
     )
-    parser.add_argument("--rounds", type=int, default=7, help="latency rounds per contender")
+    parser.add_argument("--rounds", type=int, default=5, help="latency rounds per contender")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--all-paths", action="store_true", help="every peer path on every row, not only the first"
+    )
     parser.add_argument("--json", default=str(ROOT / "results" / "latest.json"))
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
@@ -903,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as folder:
         for key in keys:
             log(f"{key}: {ROWS[key].title}")
-            results["rows"].append(run_row(ROWS[key], device, args.rounds, Path(folder), log))
+            row = run_row(ROWS[key], device, args.rounds, Path(folder), log, args.all_paths)
+            results["rows"].append(row)
             gc.collect()
     results["seconds"] = time.perf_counter() - start
     table = markdown(results)

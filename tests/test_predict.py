@@ -132,6 +132,7 @@ def test_eval_command_prints_table_and_writes_json(tiny_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert status == 0
     assert "mIoU" in printed and "triangle" in printed and "trimap   3 px" in printed
+    assert "protocol: whole image padded to OS·k+1, model's OS, scales [1], flip on" in printed
     report = json.loads(output.read_text())
     assert report["images"] == 12 and report["inference"]["flip"] is True
     assert set(report["scores"]["per_class"]) >= {"background", "stroke"}

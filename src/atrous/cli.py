@@ -29,7 +29,7 @@ from atrous.distributed import init_distributed, resolve_device, shutdown_distri
 from atrous.evaluate import evaluate_dataset, scores_to_dict
 from atrous.export import ExportCheckError, export_onnx, export_program
 from atrous.fast import CALIBRATION_IMAGES, calibration_images, fast_segmenter
-from atrous.inference import InferenceConfig
+from atrous.inference import InferenceConfig, describe_inference
 from atrous.predict import (
     DEMO_MODEL,
     default_report_path,
@@ -245,7 +245,12 @@ def evaluate(
     console.print(
         f"mIoU {_percent(scores.mean_iou)}  pixel accuracy {_percent(scores.pixel_accuracy)}  "
         f"mean class accuracy {_percent(scores.mean_class_accuracy)}  "
-        f"frequency-weighted IoU {_percent(scores.frequency_weighted_iou)}"
+        f"frequency-weighted IoU {_percent(scores.frequency_weighted_iou)}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"protocol: {describe_inference(inference)}, {precision}, {len(dataset)} images",
+        soft_wrap=True,
     )
     if scores.absent_classes:
         absent = ", ".join(names[i] for i in scores.absent_classes)

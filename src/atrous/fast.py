@@ -47,6 +47,7 @@ from torch.utils._pytree import tree_leaves
 
 from atrous.data.io import DataError, read_image
 from atrous.export import ExportCheckError, OnnxNetwork, export_onnx
+from atrous.inference import align_input
 from atrous.model import DeepLab
 
 if TYPE_CHECKING:
@@ -80,11 +81,20 @@ class FastReport:
 class FastNetwork:
     """A network built for inference: normalised (N, 3, H, W) images → float32 (N, C, H, W)
     logits on the images' device, usable wherever a network is (``Segmenter.network``,
-    :func:`~atrous.inference.segment`). Its output stride is fixed."""
+    :func:`~atrous.inference.segment`, which pads inputs to sizes aligned with
+    ``output_stride``). Its output stride is fixed."""
 
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], report: FastReport) -> None:
+    def __init__(
+        self,
+        run: Callable[[torch.Tensor], torch.Tensor],
+        report: FastReport,
+        output_stride: int | None = None,
+        align_corners: bool = True,
+    ) -> None:
         self._run = run
         self.report = report
+        self.output_stride = output_stride
+        self.align_corners = align_corners
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self._run(images)
@@ -346,7 +356,12 @@ def optimize_for_inference(
         agreement,
         time.perf_counter() - start,
     )
-    return FastNetwork(run, report)
+    return FastNetwork(
+        run,
+        report,
+        getattr(model, "output_stride", None),
+        getattr(model, "align_corners", True),
+    )
 
 
 def _onnxruntime(
@@ -405,8 +420,9 @@ def fast_segmenter(
         model.set_output_stride(inference.output_stride)
         inference = dataclasses.replace(inference, output_stride=None)
     example = None
-    if calibration:
+    if calibration:  # as segment() will run it: padded to the aligned size
         example = normalise_images(calibration[:1], segmenter.mean, segmenter.std)[0]
+        example = align_input(model, example)
     network = optimize_for_inference(
         model, example, precision=precision, backend=backend, calibration=calibration
     )

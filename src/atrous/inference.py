@@ -171,3 +171,14 @@ def segment(
                     probs = resize(probs, (height, width))
                 total = total + probs
     return total / config.passes
+
+
+def describe_inference(config: InferenceConfig) -> str:
+    """The evaluation protocol in words, to print beside every score (it changes the numbers)."""
+    if config.window is not None:
+        how = f"sliding {config.window}px windows, {config.overlap:.0%} overlap"
+    else:
+        how = "whole image" + (" padded to OS·k+1" if config.align else "")
+    stride = f"OS{config.output_stride}" if config.output_stride else "model's OS"
+    scales = ", ".join(f"{s:g}" for s in config.scales)
+    return f"{how}, {stride}, scales [{scales}], flip {'on' if config.flip else 'off'}"
