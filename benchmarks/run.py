@@ -32,7 +32,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,7 +52,7 @@ import atrous
 from atrous.convert import from_smp, from_torchvision
 from atrous.export import OnnxNetwork
 from atrous.fast import fold_batchnorm, optimize_for_inference, quantize_onnx, session_options
-from atrous.profile import profile_model
+from atrous.profile import describe_device, profile_model
 
 Runner = Callable[[torch.Tensor], Any]
 ROOT = Path(__file__).resolve().parent
@@ -853,21 +852,6 @@ def ratios(row: dict, roof: dict) -> list[str]:
     return lines
 
 
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        features = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
-        name += f" ({', '.join(features)})"
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -902,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     results: dict[str, Any] = {
-        "machine": machine() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "machine": describe_device(device),
         "threads": torch.get_num_threads(),
         "device": device.type,
         "torch": torch.__version__,

@@ -38,6 +38,7 @@ from atrous.predict import (
     run_data_config,
 )
 from atrous.profile import profile_model
+from atrous.serve import MAX_UPLOAD_MB, launch
 from atrous.train import OptimConfig, RunConfig, TrainConfig
 from atrous.train import train as run_training
 from atrous.zoo import create_model, get_config, list_models
@@ -379,6 +380,23 @@ def convert_weights(
     console.print(f"written: {path}")
 
 
+def serve(
+    model: str = DEMO_MODEL,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    max_upload_mb: int = MAX_UPLOAD_MB,
+) -> None:
+    """A local web page: drop an image, see the overlay, the classes' shares and the mask.
+
+    Args:
+        model: a saved model folder (default: the model the last `atrous demo` saved).
+        host: address to bind (127.0.0.1: this machine only).
+        port: port to listen on.
+        max_upload_mb: uploads larger than this are refused.
+    """
+    launch(model, host, port, max_upload_mb, announce=console.print)
+
+
 def _percent(value: float) -> str:
     return "—" if math.isnan(value) else f"{100 * value:.2f}"
 
@@ -401,9 +419,16 @@ def gather_paths(args: list[str]) -> list[str]:
     return [rest[0], json.dumps(paths), *rest[1:]] if paths else rest
 
 
+def serve_model_word(args: list[str]) -> list[str]:
+    """Let ``atrous serve MODEL`` name the model without ``--model``."""
+    if len(args) > 1 and args[0] == "serve" and not args[1].startswith("-"):
+        return [args[0], "--model", args[1], *args[2:]]
+    return args
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``atrous`` command."""
-    args = gather_paths(sys.argv[1:] if args is None else list(args))
+    args = serve_model_word(gather_paths(sys.argv[1:] if args is None else list(args)))
     try:
         commands = {
             "demo": demo,
@@ -412,6 +437,7 @@ def main(args: list[str] | None = None) -> int:
             "predict": predict,
             "export": export,
             "convert": convert_weights,
+            "serve": serve,
             "check-data": check_data,
             "models": models,
             "profile": profile,

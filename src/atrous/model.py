@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
 from huggingface_hub.errors import (
     HFValidationError,
     LocalEntryNotFoundError,
@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from atrous.backbones import Backbone, build_backbone
+from atrous.card import TrainingSummary, model_card_text
 from atrous.checkpoint import load_weights, read_safetensors
 from atrous.config import ModelConfig
 from atrous.decoder import Decoder
@@ -108,6 +109,8 @@ class DeepLab(
         self.class_names: tuple[str, ...] | None = None
         #: (r, g, b) colour of each class for overlays, when known (saved with the model).
         self.palette: tuple[RGB, ...] | None = None
+        #: How it was trained and how it scored, when known (saved with the model and its card).
+        self.training_summary: TrainingSummary | None = None
 
     @property
     def output_stride(self) -> int:
@@ -143,20 +146,35 @@ class DeepLab(
         *,
         class_names: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
+        training: TrainingSummary | None = None,
         **kwargs: Any,
     ) -> str | None:
-        """Write ``model.safetensors`` and ``config.json`` (plus the Hub's ``README.md`` card).
+        """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card.
 
         ``config.json`` holds the configuration (at the current output stride), the class names,
-        the palette and the input normalisation. ``class_names``/``palette`` given here are checked
-        (one per class) and kept on the model. Other keyword arguments are the Hub mixin's
-        (``push_to_hub``, ``repo_id``, ...).
+        the palette, the input normalisation and the training summary. ``class_names``,
+        ``palette`` and ``training`` given here are checked (one name and colour per class) and
+        kept on the model. Other keyword arguments are the Hub mixin's (``push_to_hub``,
+        ``repo_id``, ...). An existing ``README.md`` is replaced: the card describes these weights.
         """
         if class_names is not None:
             self.class_names = check_class_names(class_names, self.num_classes)
         if palette is not None:
             self.palette = check_palette(palette, self.num_classes)
+        if training is not None:
+            self.training_summary = training
+        (Path(save_directory) / "README.md").unlink(missing_ok=True)
         return super().save_pretrained(save_directory, **kwargs)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The Hub's model card: YAML metadata (library, task, paper, mIoU) and
+        :func:`~atrous.card.model_card_text`."""
+        data = ModelCardData(
+            library_name="atrous",
+            pipeline_tag="image-segmentation",
+            tags=["semantic-segmentation", "deeplabv3plus" if self.decoder else "deeplabv3"],
+        )
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{model_card_text(self)}")
 
     def _save_pretrained(self, save_directory: Path) -> None:
         if self.config is None:
@@ -175,6 +193,7 @@ class DeepLab(
             "palette": [list(c) for c in self.palette] if self.palette is not None else None,
             "mean": list(config.mean),
             "std": list(config.std),
+            "training": self.training_summary.to_dict() if self.training_summary else None,
         }
         (save_directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -249,10 +268,13 @@ class DeepLab(
             )
         if config is None:
             raise ValueError(f"{model_id} has no {CONFIG_NAME}: it was not saved by atrous")
-        model_config, class_names, palette = parse_saved_config(config, f"{model_id}/{CONFIG_NAME}")
+        source = f"{model_id}/{CONFIG_NAME}"
+        model_config, class_names, palette = parse_saved_config(config, source)
+        training = config.get("training")
+        summary = TrainingSummary.from_dict(training, source) if training is not None else None
         if num_classes is not None and num_classes != model_config.num_classes:
             model_config = model_config.replace(num_classes=num_classes)
-            class_names = palette = None  # they name the checkpoint's classes
+            class_names = palette = summary = None  # they describe the checkpoint's classes
         model = build_model(model_config)
         if not isinstance(model, cls):
             raise ValueError(f"{model_id} holds a {type(model).__name__}, not a {cls.__name__}")
@@ -263,7 +285,7 @@ class DeepLab(
                 f"model's initialisation:\n{report.describe()}",
                 stacklevel=2,
             )
-        model.class_names, model.palette = class_names, palette
+        model.class_names, model.palette, model.training_summary = class_names, palette, summary
         return model.to(map_location).eval()
 
 

@@ -130,6 +130,18 @@ def side_by_side(
     )
 
 
+def segment_file(
+    segmenter: Segmenter, path: str | Path, max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one image file (any mode) and segment it: (H, W, 3) uint8 RGB, (H, W) uint8 labels.
+
+    The one path from a file to a label map, shared by ``atrous predict`` and ``atrous serve``;
+    an unreadable file (or one above ``max_pixels``) is a :class:`DataError` naming it.
+    """
+    image = read_image(path, max_pixels)
+    return image, segmenter(image)
+
+
 def predict_files(
     segmenter: Segmenter,
     inputs: Sequence[str | Path],
@@ -153,11 +165,10 @@ def predict_files(
     report = PredictReport([], [])
     for path in tqdm(files, desc="predict", disable=not progress, unit="image"):
         try:
-            image = read_image(path)
+            image, labels = segment_file(segmenter, path)
         except DataError as error:
             report.failed.append((path, str(error)))
             continue
-        labels = segmenter(image)
         palette = segmenter.palette
         mask_path = output_dir / "masks" / f"{path.stem}.png"
         palette_image(labels, palette).save(mask_path)

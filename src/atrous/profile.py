@@ -15,8 +15,13 @@ The count runs the model on the ``meta`` device: shapes only, no arithmetic, any
 from __future__ import annotations
 
 import math
+import os
+import platform
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -117,3 +122,46 @@ def profile_model(model: nn.Module, input_size: Sequence[int] = (513, 513)) -> M
             handle.remove()
     output_stride = getattr(model, "output_stride", None)
     return ModelProfile((height, width), output_stride, groups)
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, input_size: Sequence[int], device: torch.device, runs: int = 5
+) -> float:
+    """Median milliseconds of one eval-mode forward pass on a random (1, 3, H, W) image, after a
+    warm-up pass (for model cards; the benchmarks in ``benchmarks/`` measure properly)."""
+    was_training = model.training
+    model.eval()
+    image = torch.randn(1, 3, *input_size, device=device)
+    times = []
+    try:
+        for _ in range(runs + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(image)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(1000 * (time.perf_counter() - start))
+    finally:
+        model.train(was_training)
+    return statistics.median(times[1:])
+
+
+def describe_device(device: torch.device) -> str:
+    """The accelerator's name, or the CPU's model, vector features and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    for line in info.splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    features = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in info]
+    if features:
+        name += f" ({', '.join(features)})"
+    return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads"

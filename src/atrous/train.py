@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from atrous.backbones.weights import load_backbone_weights
+from atrous.card import TrainingSummary
 from atrous.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from atrous.config import ModelConfig
 from atrous.data import DataConfig, build_dataset, training_transform
@@ -39,6 +40,7 @@ from atrous.evaluate import autocast, evaluate_dataset
 from atrous.metrics import SegmentationScores
 from atrous.model import DeepLab, load_model
 from atrous.plots import plot_curves
+from atrous.profile import describe_device, measure_latency
 from atrous.zoo import build_model
 
 #: Below this many images per device, BN statistics get noisy (paper §4: batch 16 to train BN).
@@ -274,7 +276,7 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
     )
     scaler = torch.amp.GradScaler(env.device.type, enabled=run.precision == "fp16")
 
-    start, best_miou = 0, -1.0
+    start, best_miou, best_class_iou = 0, -1.0, None
     last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
     if run.resume and last_path.is_file():
         state = load_checkpoint(last_path, env.device)
@@ -283,6 +285,7 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start, best_miou = state["iteration"], state["best_miou"]
+        best_class_iou = state.get("best_class_iou")
         torch.set_rng_state(state["rng"]["torch"])
         if env.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
@@ -344,12 +347,13 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
             "scaler": scaler.state_dict(),
             "iteration": iteration,
             "best_miou": best_miou,
+            "best_class_iou": best_class_iou,
             "rng": rng,
             "config": config.to_dict(),
         }
 
     def validate(iteration: int) -> SegmentationScores:
-        nonlocal best_miou
+        nonlocal best_miou, best_class_iou
         confusion = evaluate_dataset(
             model, val_set, config.model.mean, config.model.std, env, run.precision, run.progress
         )
@@ -365,6 +369,7 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
             print(f"iteration {iteration}: validation mIoU {scores.mean_iou:.4f}")
             if scores.mean_iou > best_miou:
                 best_miou = scores.mean_iou
+                best_class_iou = [None if math.isnan(v) else float(v) for v in scores.iou]
                 save_checkpoint(checkpoint(iteration), best_path)
         return scores
 
@@ -441,7 +446,27 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
         best.load_state_dict(
             load_checkpoint(best_path)["model"] if best_path.is_file() else model.state_dict()
         )
-        best.save_pretrained(
-            output_dir / "model", class_names=train_set.classes, palette=train_set.palette
+        best.to(env.device)
+        summary = TrainingSummary(
+            dataset=config.data.dataset,
+            train_images=len(train_set),
+            iterations=run.iterations,
+            batch_size=run.batch_size,
+            crop_size=config.data.crop_size,
+            optimizer=config.optim.optimizer,
+            learning_rate=config.optim.lr,
+            precision=run.precision,
+            val_split=config.data.val_split if best_miou >= 0 else None,
+            val_images=len(val_set) if best_miou >= 0 else None,
+            val_miou=best_miou if best_miou >= 0 else None,
+            class_iou=tuple(best_class_iou) if best_class_iou is not None else None,
+            latency_ms=measure_latency(best, (config.data.crop_size,) * 2, env.device),
+            latency_device=describe_device(env.device),
+        )
+        best.cpu().save_pretrained(
+            output_dir / "model",
+            class_names=train_set.classes,
+            palette=train_set.palette,
+            training=summary,
         )
     return TrainResult(output_dir, iteration, best_miou, scores)

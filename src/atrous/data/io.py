@@ -12,16 +12,31 @@ class DataError(ValueError):
     """A problem with one file or sample of a dataset; the message names it."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Any image file → (H, W, 3) uint8 RGB.
 
-    Handles grayscale, RGBA (alpha dropped), palette, 16-bit and EXIF-rotated files.
+    Handles grayscale, RGBA (alpha dropped), palette, 16-bit and EXIF-rotated files. With
+    ``max_pixels``, a larger image is refused from its header, before it is decoded.
     """
     try:
         with Image.open(path) as opened:
+            width, height = opened.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(
+                    f"image {path} is {width}×{height} pixels, more than the limit of "
+                    f"{max_pixels:,}; make it smaller"
+                )
             image = ImageOps.exif_transpose(opened)
             image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as error:
+        if isinstance(error, DataError):
+            raise
         raise DataError(f"cannot read image {path}: {error}") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
