@@ -443,7 +443,7 @@ def main(args: list[str] | None = None) -> int:
             "profile": profile,
         }
         status = CLI(commands, args=args)
-    except (ValueError, DataError, FileNotFoundError, ExportCheckError) as error:
+    except (ValueError, DataError, FileNotFoundError, ExportCheckError, ImportError) as error:
         console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
         return 2
     return status if isinstance(status, int) else 0

@@ -168,6 +168,8 @@ def read_card(source: Path) -> str:
 CSS = """
 .legend { border-collapse: collapse; }
 .legend td, .legend th { padding: 2px 10px; text-align: left; }
+#image img, #overlay img { width: 100%; height: 100%; object-fit: contain;
+                           image-rendering: pixelated; }
 .swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #777;
           vertical-align: middle; }
 """
@@ -201,7 +203,7 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
                 gallery = gr.Gallery(
                     [str(p) for p in samples],
                     label="…or pick a built-in scene",
-                    columns=SAMPLE_COUNT // 2,
+                    columns=2,
                     height="auto",
                     allow_preview=False,
                     elem_id="samples",
@@ -214,8 +216,10 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 with gr.Row():
-                    shown = gr.Image(label="Image", format="png", elem_id="image")
-                    coloured = gr.Image(label="Overlay", format="png", elem_id="overlay")
+                    shown = gr.Image(label="Image", format="png", height=320, elem_id="image")
+                    coloured = gr.Image(
+                        label="Overlay", format="png", height=320, elem_id="overlay"
+                    )
                 with gr.Row():
                     legend = gr.HTML(elem_id="legend")
                     mask = gr.File(label="Mask (palette PNG of class indices)", elem_id="mask")

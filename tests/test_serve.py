@@ -1,0 +1,183 @@
+"""``atrous serve``: the page's inference (shared with ``atrous predict``), its handling of bad
+uploads, and the real page driven in a real browser."""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atrous.predict import load_segmenter, predict_files
+from atrous.serve import MAX_PIXELS, PageModel, PageOptions, class_shares, launch
+
+gradio = pytest.importorskip("gradio")
+
+
+@pytest.fixture(scope="module")
+def page_model(tiny_run, tmp_path_factory):
+    return PageModel(tiny_run / "model", tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """A real photograph (scikit-image's bundled cat), 451×300."""
+    skimage_data = pytest.importorskip("skimage.data")
+    path = tmp_path_factory.mktemp("photos") / "chelsea.jpg"
+    Image.fromarray(skimage_data.chelsea()).save(path, quality=92)
+    return path
+
+
+def test_class_shares_count_pixels():
+    labels = np.array([[0, 0, 1, 3], [3, 3, 3, 3]], dtype=np.uint8)
+    assert np.allclose(class_shares(labels, 5), [2 / 8, 1 / 8, 0, 5 / 8, 0])
+
+
+def test_page_result_is_what_predict_writes(page_model, photo, tmp_path):
+    result = page_model.run(photo, PageOptions(16))
+    assert result.overlay.shape == (300, 451, 3) and result.image.shape == (300, 451, 3)
+    report = predict_files(load_segmenter(page_model.source), [photo], tmp_path, progress=False)
+    assert not report.failed
+    written = Image.open(tmp_path / "masks" / "chelsea.png")
+    shown = Image.open(result.mask_path)
+    assert shown.mode == "P" and np.array_equal(np.array(shown), np.array(written))
+    assert np.array_equal(result.overlay, np.array(Image.open(tmp_path / "overlays/chelsea.png")))
+    assert result.mask_path.is_relative_to(page_model.workdir)
+    assert "chelsea.jpg: 451×300 segmented in" in result.status
+    assert 'class="legend"' in result.legend
+
+
+def test_page_options_change_the_inference(page_model, photo):
+    plain = page_model.run(photo, PageOptions(16))
+    multi = page_model.run(photo, PageOptions(8, multi_scale_flip=True))
+    assert "OS8, scales 0.5–1.75 + flip, eager" in multi.status
+    assert page_model.segmenter(PageOptions(8, True)).inference.flip
+    assert multi.overlay.shape == plain.overlay.shape
+    fast = page_model.run(photo, PageOptions(16, fast=True))
+    assert "OS16, single scale, fast path" in fast.status
+    mask = np.array(Image.open(plain.mask_path))
+    assert (np.array(Image.open(fast.mask_path)) == mask).mean() > 0.999
+
+
+def test_bad_uploads_become_messages(page_model, tmp_path):
+    corrupt = tmp_path / "holiday.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    result = page_model.run(corrupt, PageOptions(16))
+    assert result.overlay is None and result.mask_path is None
+    assert result.status.startswith("**Could not segment holiday.png**: cannot read image")
+    assert str(tmp_path) not in result.status
+    huge = tmp_path / "huge.png"
+    Image.new("L", (MAX_PIXELS // 1000 + 1, 1000)).save(huge)
+    assert "more than the limit" in page_model.run(huge, PageOptions(16)).status
+    assert "Drop an image" in page_model.run(None, PageOptions(16)).status
+
+
+def test_serve_refuses_a_missing_demo_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run `atrous demo` first"):
+        launch(block=False)
+
+
+# ---------------------------------------------------------------------------- the real page
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if BROWSER is None or DRIVER is None:
+        pytest.skip(
+            "no browser: install Debian's chromium and chromium-driver (.ci/run does) to drive "
+            "the page"
+        )
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_the_page_in_a_real_browser(tiny_run, photo, browser, tmp_path, monkeypatch):
+    """Upload a photograph, then a corrupt file, then a built-in scene, as a person would.
+
+    ATROUS_SERVE_MODEL picks the model (the README's screenshot uses runs/demo/model);
+    ATROUS_SCREENSHOT saves the page after the last upload there.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "unused"))  # restored afterwards
+    model = os.environ.get("ATROUS_SERVE_MODEL", str(tiny_run / "model"))
+    server = launch(model, port=free_port(), block=False, announce=lambda _: None)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    scene = server.workdir / "samples" / "scene_1.png"
+    try:
+        browser.get(server.url)
+        wait = WebDriverWait(browser, 90)
+
+        def upload(path: Path) -> None:
+            field = wait.until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]")
+            )
+            field[0].send_keys(str(path))
+
+        def status() -> str:
+            return browser.find_element(By.ID, "status").text
+
+        def overlay_size() -> tuple[int, int] | None:
+            images = browser.find_elements(By.CSS_SELECTOR, "#overlay img")
+            if not images:
+                return None
+            size = browser.execute_script(
+                "const i = arguments[0]; return i.complete ? [i.naturalWidth, i.naturalHeight]"
+                " : null;",
+                images[0],
+            )
+            return tuple(size) if size else None
+
+        upload(photo)
+        wait.until(lambda d: "chelsea.jpg: 451×300 segmented" in status())
+        wait.until(lambda d: overlay_size() == (451, 300))
+        legend = browser.find_element(By.ID, "legend").text
+        assert "class" in legend and "%" in legend and "background" in legend
+        assert any(p.name == "chelsea.jpg" for p in server.workdir.rglob("*"))
+
+        upload(corrupt)
+        wait.until(lambda d: "Could not segment corrupt.png" in status())
+        assert "cannot read image" in status()
+
+        upload(scene)
+        wait.until(lambda d: "scene_1.png: 128×128 segmented" in status())
+        wait.until(lambda d: overlay_size() == (128, 128))
+        assert browser.find_elements(By.CSS_SELECTOR, "#mask a, #mask [download]")
+        if shot := os.environ.get("ATROUS_SCREENSHOT"):
+            Path(shot).parent.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(shot)
+    finally:
+        server.close()
