@@ -759,7 +759,7 @@ def markdown(results: dict) -> str:
     """The tables of docs/performance.md: one per row, then the training steps."""
     roof = results["conv_throughput"]
     lines = [
-        f"Machine: {results['machine']}; {results['threads']} threads; torch "
+        f"Machine: {results['machine']}; torch "
         f"{results['torch']}, onnxruntime {results['onnxruntime']}; device {results['device']}.",
         "Conv throughput (3×3, 256→256, 65×65): "
         + ", ".join(f"{k} {v / 1e9:.0f} GMAC/s" for k, v in roof.items())

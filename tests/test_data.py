@@ -14,6 +14,7 @@ from atrous.data import (
     Cityscapes,
     DataConfig,
     DataError,
+    DecodedCache,
     FolderDataset,
     SyntheticScenes,
     VOCAugSegmentation,
@@ -281,3 +282,26 @@ def test_synthetic_colour_alone_is_not_enough():
     )
     assert ious.mean() < 0.65
     assert (ious[1:] < 0.65).all()  # every object class needs more than its colour
+
+
+def test_decoded_cache_reads_back_the_same_pairs_without_decoding(tmp_path, monkeypatch):
+    make_folder(tmp_path / "data")
+    data = FolderDataset(tmp_path / "data", "train")
+    cached = DecodedCache(data, tmp_path / "cache")
+    first = [cached[i] for i in range(len(cached))]
+    assert len(list(cached.folder.glob("*.npy"))) == 2 * len(data)
+    assert not list(cached.folder.glob(".*partial"))
+
+    def no_decoding(path, *args):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr("atrous.data.base.read_image", no_decoding)
+    again = DecodedCache(FolderDataset(tmp_path / "data", "train"), tmp_path / "cache")
+    assert again.folder == cached.folder and again.classes == data.classes
+    for (image, mask), (image2, mask2) in zip(first, (again[i] for i in range(3)), strict=True):
+        assert torch.equal(image, image2) and torch.equal(mask, mask2)
+        assert mask2.dtype == torch.int64
+    other = DecodedCache(SyntheticScenes(3, 32, seed=0), tmp_path / "cache")
+    assert other.folder != cached.folder
+    built = build_dataset(DataConfig(synthetic_train=3, cache_dir=str(tmp_path / "c2")), "train")
+    assert isinstance(built, DecodedCache) and len(built) == 3

@@ -8,6 +8,7 @@ from typing import Literal
 
 from atrous.data.ade20k import ADE20K
 from atrous.data.base import IGNORE_INDEX, SegmentationDataset, check_pair
+from atrous.data.cache import DecodedCache
 from atrous.data.cityscapes import Cityscapes
 from atrous.data.folder import FolderDataset, read_classes_file
 from atrous.data.io import DataError, read_image, read_mask
@@ -37,10 +38,17 @@ class DataConfig:
     synthetic_train: int = 2000  # built-in scenes: training images
     synthetic_val: int = 200  # built-in scenes: validation images
     synthetic_size: int = 128  # built-in scenes: side in pixels
+    cache_dir: str | None = None  # decode once: keep decoded pairs here as raw arrays
 
 
 def build_dataset(config: DataConfig, split: Literal["train", "val"]) -> SegmentationDataset:
-    """The dataset of ``config`` for the training or the validation split."""
+    """The dataset of ``config`` for the training or the validation split (decoded once into
+    ``config.cache_dir`` when that is set)."""
+    dataset = _read_dataset(config, split)
+    return DecodedCache(dataset, config.cache_dir) if config.cache_dir else dataset
+
+
+def _read_dataset(config: DataConfig, split: Literal["train", "val"]) -> SegmentationDataset:
     name = config.dataset
     split_name = config.train_split if split == "train" else config.val_split
     if name == "synthetic":
@@ -98,6 +106,7 @@ __all__ = [
     "Cityscapes",
     "DataConfig",
     "DataError",
+    "DecodedCache",
     "FolderDataset",
     "RandomScale",
     "SegmentationDataset",
