@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from atrous.export import export_onnx
+from atrous.model import load_model
 from atrous.predict import load_segmenter, predict_files
 from atrous.serve import MAX_PIXELS, PageModel, PageOptions, class_shares, launch
+from atrous.zoo import create_model
 
 gradio = pytest.importorskip("gradio")
 
@@ -74,10 +77,20 @@ def test_bad_uploads_become_messages(page_model, tmp_path):
     assert "Drop an image" in page_model.run(None, PageOptions(16)).status
 
 
-def test_serve_refuses_a_missing_demo_model(tmp_path, monkeypatch):
+def test_serve_refuses_a_missing_demo_model_and_exported_files(tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="run `atrous demo` first"):
         launch(block=False)
+    exported = export_onnx(load_model(tiny_run / "model"), tmp_path / "m.onnx", check=False).path
+    with pytest.raises(ValueError, match="needs a saved model folder or a training checkpoint"):
+        PageModel(exported, tmp_path)
+
+
+def test_scenes_are_offered_only_to_models_of_the_built_in_classes(page_model, tmp_path):
+    assert page_model.knows_scenes
+    other = create_model("deeplabv3_mobilenetv2", num_classes=3, width_multiplier=0.25)
+    other.save_pretrained(tmp_path / "other", class_names=["sky", "sea", "sand"])
+    assert not PageModel(tmp_path / "other", tmp_path).knows_scenes
 
 
 # ---------------------------------------------------------------------------- the real page
@@ -176,6 +189,9 @@ def test_the_page_in_a_real_browser(tiny_run, photo, browser, tmp_path, monkeypa
         wait.until(lambda d: "scene_1.png: 128×128 segmented" in status())
         wait.until(lambda d: overlay_size() == (128, 128))
         assert browser.find_elements(By.CSS_SELECTOR, "#mask a, #mask [download]")
+
+        browser.find_elements(By.CSS_SELECTOR, "#samples button img, #samples img")[0].click()
+        wait.until(lambda d: "scene_0.png: 128×128 segmented" in status())
         if shot := os.environ.get("ATROUS_SCREENSHOT"):
             Path(shot).parent.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(shot)

@@ -9,8 +9,6 @@ bytes and pixels, land in a temporary folder (Gradio's upload folder is pointed 
 that is not a readable image gets a message on the page while the server keeps serving.
 """
 
-from __future__ import annotations
-
 import html
 import os
 import tempfile
@@ -25,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from atrous.data.io import DataError
-from atrous.data.synthetic import render_scene
+from atrous.data.synthetic import SyntheticScenes, render_scene
 from atrous.fast import fast_segmenter
 from atrous.inference import PAPER_SCALES, InferenceConfig
+from atrous.model import DeepLab
 from atrous.predict import DEMO_MODEL, Segmenter, load_segmenter, segment_file
 from atrous.visualize import overlay, palette_image
 
@@ -102,8 +101,15 @@ class PageModel:
         self.source = Path(source)
         self.workdir = workdir
         native = load_segmenter(self.source)
+        if not isinstance(native.network, DeepLab):
+            raise ValueError(
+                f"{source}: atrous serve needs a saved model folder or a training checkpoint "
+                "(an exported file has a fixed output stride)"
+            )
         #: The output stride the model was saved at (the page's default).
         self.output_stride: int = native.network.output_stride
+        #: Whether the model segments the built-in scenes (then the page offers some).
+        self.knows_scenes = tuple(native.class_names) == SyntheticScenes.classes
         self._segmenters: dict[PageOptions, Segmenter] = {PageOptions(self.output_stride): native}
 
     def segmenter(self, options: PageOptions) -> Segmenter:
@@ -193,7 +199,7 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
         if is_demo_model
         else f"`{model.source}`"
     )
-    samples = write_samples(model.workdir / "samples")
+    samples = write_samples(model.workdir / "samples") if model.knows_scenes else []
     with gr.Blocks(title="atrous: DeepLabV3+ segmentation") as page:
         gr.Markdown(f"# atrous: DeepLabV3+ segmentation\nModel: {where}.")
         current = gr.State(None)
@@ -206,6 +212,7 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
                     columns=2,
                     height="auto",
                     allow_preview=False,
+                    visible=bool(samples),
                     elem_id="samples",
                 )
                 stride = gr.Radio(
