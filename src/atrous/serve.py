@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from atrous.data.io import DataError
-from atrous.data.synthetic import SyntheticScenes, render_scene
+from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
 from atrous.fast import fast_segmenter
 from atrous.inference import PAPER_SCALES, InferenceConfig
 from atrous.model import DeepLab
@@ -34,8 +33,8 @@ from atrous.visualize import overlay, palette_image
 MAX_UPLOAD_MB = 20
 #: Uploads with more pixels than this are refused before decoding (about 5000×5000).
 MAX_PIXELS = 25_000_000
-#: Built-in scenes offered as samples (seed and size of the demo's validation split).
-SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_COUNT = 2, 128, 4
+#: Built-in scenes offered as samples: the first of the validation split (never trained on).
+SAMPLE_COUNT = 4
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class PageOptions:
 
 @dataclass
 class PageResult:
-    """What the page shows for one image (or, with ``error``, why it could not)."""
+    """What the page shows for one image (or, with only ``status``, why it could not)."""
 
     image: np.ndarray | None = None
     overlay: np.ndarray | None = None
@@ -148,13 +147,13 @@ class PageModel:
 
 
 def write_samples(folder: Path) -> list[Path]:
-    """A few built-in scenes (validation seed, never trained on) as PNG files."""
+    """The first built-in validation scenes (never trained on) as PNG files."""
+    scenes = build_dataset(DataConfig(dataset="synthetic", synthetic_val=SAMPLE_COUNT), "val")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index in range(SAMPLE_COUNT):
-        image, _ = render_scene(SAMPLE_SEED, index, SAMPLE_SIZE)
+    for index in range(len(scenes)):
         path = folder / f"scene_{index}.png"
-        Image.fromarray(image).save(path)
+        Image.fromarray(scenes.load(index)[0]).save(path)
         paths.append(path)
     return paths
 
