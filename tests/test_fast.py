@@ -14,6 +14,7 @@ from torch import nn
 import atrous
 from atrous.cli import main
 from atrous.data import build_dataset
+from atrous.export import OnnxNetwork
 from atrous.fast import FastCheckError, fold_batchnorm, normalise_images, optimize_for_inference
 from atrous.model import load_model
 from atrous.train import TrainConfig
@@ -75,6 +76,20 @@ def test_fp32_fast_path_matches_eager_at_two_sizes(trained, backend, expected):
         batch = torch.randn(2, 3, *size)
         assert (network(batch) - _logits(model, batch)).abs().max().item() <= 1e-4
     assert model.training is False and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_onnxruntime_fp32_adds_a_graph_fixed_to_the_example_size(trained, tmp_path):
+    model, _ = trained
+    network = optimize_for_inference(model, (65, 97), workdir=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["model.65x97.onnx", "model.onnx"]
+    fixed = OnnxNetwork(tmp_path / "model.65x97.onnx")
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        fixed(torch.randn(1, 3, 65, 98))  # that graph takes its own size only
+    for size in ((65, 97), (65, 98)):  # the fixed graph, then the any-size one
+        batch = torch.randn(3, 3, *size)
+        assert (network(batch) - _logits(model, batch)).abs().max().item() <= 1e-4
+    optimize_for_inference(model, workdir=tmp_path / "no_example")
+    assert [p.name for p in (tmp_path / "no_example").glob("*.onnx")] == ["model.onnx"]
 
 
 def test_compiled_fast_path_matches_eager():

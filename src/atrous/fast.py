@@ -306,14 +306,16 @@ def optimize_for_inference(
     Args:
         model: the trained network, on the device it should run on.
         example: a normalised (N, 3, H, W) batch or an (H, W) size like the images to come;
-            the fast network is checked on it (compiled backends compile for its size).
+            the fast network is checked on it (compiled backends compile for its size; fp32 on
+            ONNX Runtime adds a graph fixed to its size, which runs faster at that size).
         precision: fp32, bf16, fp16 (CUDA) or int8 (CPU, ONNX Runtime).
         backend: auto (see the module doc), torch, compile or onnxruntime.
         calibration: int8 only: a few of the user's images, (H, W, 3) uint8 RGB arrays or
             normalised tensors, from which activation ranges are set.
         tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted.
         workdir: onnxruntime only: keep the ONNX files here (``model.onnx``, ``model.int8.onnx``,
-            deployable like ``atrous export``'s) instead of a temporary folder.
+            ``model.<H>x<W>.onnx``, deployable like ``atrous export``'s) instead of a temporary
+            folder.
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -333,7 +335,8 @@ def optimize_for_inference(
         model.train(was_training)
     folded = folded.to(memory_format=torch.channels_last)
     if backend == "onnxruntime":
-        run = _onnxruntime(folded, precision, calibration or (), tolerance, workdir)
+        size = tuple(batch.shape[-2:]) if example is not None else None
+        run = _onnxruntime(folded, precision, calibration or (), tolerance, workdir, size)
     else:
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         if device.type == "cuda":
@@ -364,14 +367,30 @@ def optimize_for_inference(
     )
 
 
+class _SizeDispatch:
+    """A graph made for one image size, and the any-size graph for the others."""
+
+    def __init__(self, size: tuple[int, int], fixed: OnnxNetwork, general: OnnxNetwork) -> None:
+        self.size, self.fixed, self.general = size, fixed, general
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        network = self.fixed if tuple(images.shape[-2:]) == self.size else self.general
+        return network(images)
+
+
 def _onnxruntime(
     folded: nn.Module,
     precision: str,
     calibration: Sequence[np.ndarray | torch.Tensor],
     tolerance: float,
     workdir: str | Path | None,
-) -> OnnxNetwork:
-    """Export the folded model (checked at two sizes), quantise it for int8, open a session."""
+    size: tuple[int, int] | None,
+) -> OnnxNetwork | _SizeDispatch:
+    """Export the folded model (checked at two sizes), quantise it for int8, open a session.
+
+    For fp32 with a ``size``, also a graph fixed to that size (``model.<H>x<W>.onnx``), which
+    runs images of exactly that size.
+    """
     with tempfile.TemporaryDirectory(prefix="atrous-fast-") as scratch:
         folder = Path(workdir) if workdir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -381,7 +400,12 @@ def _onnxruntime(
             config = folded.config
             batches = normalise_images(calibration, config.mean, config.std)
             path = quantize_onnx(path, folder / "model.int8.onnx", batches)
-        return OnnxNetwork(path, options=session_options())
+        general = OnnxNetwork(path, options=session_options())
+        if precision != "fp32" or size is None:
+            return general
+        fixed_path = folder / f"model.{size[0]}x{size[1]}.onnx"
+        export_onnx(folded, fixed_path, tolerance=tolerance, size=size)
+        return _SizeDispatch(size, OnnxNetwork(fixed_path, options=session_options()), general)
 
 
 def calibration_images(inputs: Sequence[str | Path], count: int = CALIBRATION_IMAGES) -> list:
