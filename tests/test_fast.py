@@ -83,7 +83,7 @@ def test_onnxruntime_fp32_adds_a_graph_fixed_to_the_example_size(trained, tmp_pa
     network = optimize_for_inference(model, (65, 97), workdir=tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["model.65x97.onnx", "model.onnx"]
     fixed = OnnxNetwork(tmp_path / "model.65x97.onnx")
-    with pytest.raises(Exception, match="(?i)dimension|shape"):
+    with pytest.raises(Exception, match=r"(?i)dimension|shape"):
         fixed(torch.randn(1, 3, 65, 98))  # that graph takes its own size only
     for size in ((65, 97), (65, 98)):  # the fixed graph, then the any-size one
         batch = torch.randn(3, 3, *size)
