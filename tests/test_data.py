@@ -1,5 +1,6 @@
 """Each dataset reader on a small tree in the dataset's real on-disk layout, made here."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -290,12 +291,13 @@ def test_decoded_cache_reads_back_the_same_pairs_without_decoding(tmp_path, monk
     cached = DecodedCache(data, tmp_path / "cache")
     first = [cached[i] for i in range(len(cached))]
     assert len(list(cached.folder.glob("*.npy"))) == 2 * len(data)
-    assert not list(cached.folder.glob(".*partial"))
+    assert not list(cached.folder.glob(".*"))  # no partial files left behind
 
     def no_decoding(path, *args):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr("atrous.data.base.read_image", no_decoding)
+    monkeypatch.setattr("atrous.data.base.read_mask", no_decoding)
     again = DecodedCache(FolderDataset(tmp_path / "data", "train"), tmp_path / "cache")
     assert again.folder == cached.folder and again.classes == data.classes
     for (image, mask), (image2, mask2) in zip(first, (again[i] for i in range(3)), strict=True):
@@ -303,5 +305,13 @@ def test_decoded_cache_reads_back_the_same_pairs_without_decoding(tmp_path, monk
         assert mask2.dtype == torch.int64
     other = DecodedCache(SyntheticScenes(3, 32, seed=0), tmp_path / "cache")
     assert other.folder != cached.folder
+    assert DecodedCache(SyntheticScenes(3, 48, seed=0), tmp_path / "cache").folder != other.folder
+    monkeypatch.undo()
+    changed = tmp_path / "data" / "masks" / "train" / "img0.png"
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8), mode="L").save(changed)
+    os.utime(changed, ns=(1, 1))  # a file rewritten at another time is decoded again
+    refreshed = DecodedCache(FolderDataset(tmp_path / "data", "train"), tmp_path / "cache")
+    assert refreshed.folder != cached.folder
+    assert (refreshed[0][1] == 0).all()
     built = build_dataset(DataConfig(synthetic_train=3, cache_dir=str(tmp_path / "c2")), "train")
     assert isinstance(built, DecodedCache) and len(built) == 3

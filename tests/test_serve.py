@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from atrous.export import export_onnx
+from atrous.fast import FastNetwork
+from atrous.inference import PAPER_SCALES
 from atrous.model import load_model
 from atrous.predict import load_segmenter, predict_files
 from atrous.serve import MAX_PIXELS, PageModel, PageOptions, class_shares, launch
@@ -56,10 +59,17 @@ def test_page_options_change_the_inference(page_model, photo):
     plain = page_model.run(photo, PageOptions(16))
     multi = page_model.run(photo, PageOptions(8, multi_scale_flip=True))
     assert "OS8, scales 0.5–1.75 + flip, eager" in multi.status
-    assert page_model.segmenter(PageOptions(8, True)).inference.flip
-    assert multi.overlay.shape == plain.overlay.shape
+    chosen = page_model.segmenter(PageOptions(8, True))
+    assert chosen.network.output_stride == 8 and chosen.inference.flip
+    assert chosen.inference.scales == PAPER_SCALES
+    assert page_model.segmenter(PageOptions(16)).network.output_stride == 16  # copies, not shared
+    image = np.array(Image.open(photo).convert("RGB"))
+    assert not torch.allclose(
+        chosen.probabilities(image), page_model.segmenter(PageOptions(16)).probabilities(image)
+    )
     fast = page_model.run(photo, PageOptions(16, fast=True))
     assert "OS16, single scale, fast path" in fast.status
+    assert isinstance(page_model.segmenter(PageOptions(16, fast=True)).network, FastNetwork)
     mask = np.array(Image.open(plain.mask_path))
     assert (np.array(Image.open(fast.mask_path)) == mask).mean() > 0.999
 
@@ -75,6 +85,22 @@ def test_bad_uploads_become_messages(page_model, tmp_path):
     Image.new("L", (MAX_PIXELS // 1000 + 1, 1000)).save(huge)
     assert "more than the limit" in page_model.run(huge, PageOptions(16)).status
     assert "Drop an image" in page_model.run(None, PageOptions(16)).status
+    odd = tmp_path / "a_b*<i>.png"
+    odd.write_bytes(b"GIF89a broken")
+    assert page_model.run(odd, PageOptions(16)).status.startswith(
+        r"**Could not segment a\_b\*\<i\>.png**"
+    )
+
+
+def test_any_failure_becomes_a_message_and_the_page_keeps_working(page_model, photo, monkeypatch):
+    def out_of_memory(options):
+        raise RuntimeError("not enough memory")
+
+    monkeypatch.setattr(page_model, "segmenter", out_of_memory)
+    failed = page_model.run(photo, PageOptions(8))
+    assert failed.status == "**Segmenting chelsea.jpg failed** (RuntimeError): not enough memory"
+    monkeypatch.undo()
+    assert page_model.run(photo, PageOptions(8)).overlay is not None
 
 
 def test_serve_refuses_a_missing_demo_model_and_exported_files(tiny_run, tmp_path, monkeypatch):
@@ -197,3 +223,5 @@ def test_the_page_in_a_real_browser(tiny_run, photo, browser, tmp_path, monkeypa
             browser.save_screenshot(shot)
     finally:
         server.close()
+    assert not server.workdir.exists()  # uploads and results are gone with the server
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "unused")

@@ -200,7 +200,7 @@ def test_training_starts_from_backbone_weights_and_saved_models(tiny_run, tmp_pa
     backbone_file = tmp_path / "backbone.safetensors"
     save_file(saved.backbone.state_dict(), backbone_file)
     config = tiny_config(tmp_path, backbone_weights=str(backbone_file))
-    model, _ = _prepare_model(config, env)
+    model, _ = _prepare_model(config, env, resuming=False)
     for key, value in saved.backbone.state_dict().items():
         torch.testing.assert_close(model.backbone.state_dict()[key], value, rtol=0, atol=0)
     assert not torch.equal(model.classifier.weight, saved.classifier.weight)
@@ -208,6 +208,12 @@ def test_training_starts_from_backbone_weights_and_saved_models(tiny_run, tmp_pa
     config = tiny_config(tmp_path, init_from=str(tiny_run / "model"))
     config = dataclasses.replace(config, model=config.model.replace(num_classes=4))
     with pytest.warns(UserWarning, match="classifier"):
-        model, _ = _prepare_model(config, env)
+        model, _ = _prepare_model(config, env, resuming=False)
     torch.testing.assert_close(model.aspp.state_dict(), saved.aspp.state_dict(), rtol=0, atol=0)
     assert model.classifier.weight.shape[0] == 4
+    # A resumed run takes its weights from last.pt: the starting weights are not read again.
+    missing = tiny_config(tmp_path, init_from=str(tmp_path / "gone"), backbone_weights="gone")
+    model, _ = _prepare_model(missing, env, resuming=True)
+    assert not torch.equal(
+        model.aspp.state_dict()["project.0.weight"], saved.aspp.state_dict()["project.0.weight"]
+    )

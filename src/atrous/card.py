@@ -9,6 +9,7 @@ well and how fast it runs (validation mIoU, measured latency), each only when kn
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,11 @@ def _swatch(colour: tuple[int, int, int]) -> str:
     )
 
 
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell: HTML escaped, pipes escaped."""
+    return html.escape(text).replace("|", "\\|")
+
+
 def _percent(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
@@ -121,7 +127,7 @@ def model_card_text(model: DeepLab) -> str:
     lines += [header, "|---|---|---|" + ("---:|" if ious else "")]
     for index, name in enumerate(names):
         colour = _swatch(model.palette[index]) if model.palette is not None else "—"
-        row = f"| {index} | {name} | {colour} |"
+        row = f"| {index} | {_cell(name)} | {colour} |"
         lines.append(row + (f" {_percent(ious[index])} |" if ious else ""))
     lines += ["", "## Training", ""]
     if summary is None:

@@ -389,7 +389,8 @@ def serve(
     """A local web page: drop an image, see the overlay, the classes' shares and the mask.
 
     Args:
-        model: a saved model folder (default: the model the last `atrous demo` saved).
+        model: a saved model folder or a training checkpoint (.pt) (default: the model the last
+            `atrous demo` saved).
         host: address to bind (127.0.0.1: this machine only).
         port: port to listen on.
         max_upload_mb: uploads larger than this are refused.
@@ -443,7 +444,7 @@ def main(args: list[str] | None = None) -> int:
             "profile": profile,
         }
         status = CLI(commands, args=args)
-    except (ValueError, DataError, FileNotFoundError, ExportCheckError, ImportError) as error:
+    except (ValueError, DataError, OSError, ExportCheckError, ImportError) as error:
         console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
         return 2
     return status if isinstance(status, int) else 0

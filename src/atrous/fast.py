@@ -44,10 +44,12 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torchvision import tv_tensors
 
 from atrous.data.io import DataError, read_image
+from atrous.data.transforms import normalisation
 from atrous.export import ExportCheckError, OnnxNetwork, export_onnx
-from atrous.inference import align_input
+from atrous.inference import align_input, output_stride
 from atrous.model import DeepLab
 
 if TYPE_CHECKING:
@@ -175,10 +177,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
 def normalise_images(
     images: Sequence[np.ndarray | torch.Tensor], mean: Sequence[float], std: Sequence[float]
 ) -> list[torch.Tensor]:
-    """Images → normalised (1, 3, H, W) float tensors: (H, W, 3) uint8 RGB arrays are scaled to
-    [0, 1] and normalised with ``mean``/``std``; tensors are taken as already normalised."""
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    """Images → normalised (1, 3, H, W) float tensors: (H, W, 3) uint8 RGB arrays go through
+    the evaluation's own :func:`~atrous.data.transforms.normalisation`; tensors are taken as
+    already normalised."""
+    transform = normalisation(mean, std)
     batches = []
     for image in images:
         if isinstance(image, np.ndarray):
@@ -187,8 +189,8 @@ def normalise_images(
                     f"calibration arrays must be (H, W, 3) uint8 RGB, got {image.shape} "
                     f"of {image.dtype}"
                 )
-            pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-            batches.append((pixels.float() / 255 - mean_t) / std_t)
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            batches.append(transform(tv_tensors.Image(pixels))[None])
         else:
             tensor = image.detach().float().cpu()
             batches.append(tensor[None] if tensor.ndim == 3 else tensor)
@@ -431,8 +433,9 @@ def fast_segmenter(
 ) -> Segmenter:
     """``segmenter`` running on :func:`optimize_for_inference`'s network (``--fast``).
 
-    The inference strategy's output stride is applied to the model first (a fast network's is
-    fixed); the first calibration image, when there is one, is the agreement check's example.
+    The inference strategy's output stride is applied to the model while the fast network is
+    built (a fast network's is fixed), then restored; the first calibration image, when there is
+    one, is the agreement check's example.
     """
     model = segmenter.network
     if not isinstance(model, DeepLab):
@@ -440,14 +443,13 @@ def fast_segmenter(
             "--fast needs a saved model folder or a training checkpoint, not an exported file"
         )
     inference = segmenter.inference
-    if inference.output_stride is not None:
-        model.set_output_stride(inference.output_stride)
-        inference = dataclasses.replace(inference, output_stride=None)
-    example = None
-    if calibration:  # as segment() will run it: padded to the aligned size
-        example = normalise_images(calibration[:1], segmenter.mean, segmenter.std)[0]
-        example = align_input(model, example)
-    network = optimize_for_inference(
-        model, example, precision=precision, backend=backend, calibration=calibration
-    )
+    with output_stride(model, inference.output_stride):  # the caller's model is left as it was
+        example = None
+        if calibration:  # as segment() will run it: padded to the aligned size
+            example = normalise_images(calibration[:1], segmenter.mean, segmenter.std)[0]
+            example = align_input(model, example)
+        network = optimize_for_inference(
+            model, example, precision=precision, backend=backend, calibration=calibration
+        )
+    inference = dataclasses.replace(inference, output_stride=None)
     return dataclasses.replace(segmenter, network=network, inference=inference, precision="fp32")

@@ -167,7 +167,7 @@ class DeepLab(
         return super().save_pretrained(save_directory, **kwargs)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        """The Hub's model card: YAML metadata (library, task, paper, mIoU) and
+        """The Hub's model card: YAML metadata (library, task, tags) and
         :func:`~atrous.card.model_card_text`."""
         data = ModelCardData(
             library_name="atrous",

@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from tqdm import tqdm
 
-from atrous.checkpoint import load_checkpoint
+from atrous.checkpoint import load_checkpoint, load_weights
 from atrous.data import DataConfig, dataset_labels
 from atrous.data.folder import IMAGE_SUFFIXES
 from atrous.data.io import DataError, read_image
@@ -220,7 +220,7 @@ def load_segmenter(
             raise ValueError(f"{path} is not an atrous training checkpoint (no model/config)")
         config = TrainConfig.from_dict(state["config"])
         model = build_model(config.model)
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], source=str(path))
         class_names, palette = dataset_labels(config.data)
     else:
         raise FileNotFoundError(f"no model at {path} (a model folder, .pt checkpoint or .onnx)")

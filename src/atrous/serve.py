@@ -9,9 +9,14 @@ bytes and pixels, land in a temporary folder (Gradio's upload folder is pointed 
 that is not a readable image gets a message on the page while the server keeps serving.
 """
 
+import copy
+import dataclasses
 import html
 import os
+import re
+import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -93,45 +98,57 @@ def legend_html(segmenter: Segmenter, shares: np.ndarray) -> str:
 
 
 class PageModel:
-    """The saved model behind the page: one segmenter per choice of options, built on first use
-    (each on its own copy of the model, since the fast path fixes its output stride)."""
+    """The saved model behind the page: one segmenter per choice of options, each on its own copy
+    of the model set to its output stride once (the fast path fixes it anyway), built on first
+    use. Requests run one at a time (one lock for every event of the page)."""
 
     def __init__(self, source: str | Path, workdir: Path) -> None:
         self.source = Path(source)
         self.workdir = workdir
-        native = load_segmenter(self.source)
-        if not isinstance(native.network, DeepLab):
+        self._native = load_segmenter(self.source)
+        if not isinstance(self._native.network, DeepLab):
             raise ValueError(
                 f"{source}: atrous serve needs a saved model folder or a training checkpoint "
                 "(an exported file has a fixed output stride)"
             )
         #: The output stride the model was saved at (the page's default).
-        self.output_stride: int = native.network.output_stride
+        self.output_stride: int = self._native.network.output_stride
         #: Whether the model segments the built-in scenes (then the page offers some).
-        self.knows_scenes = tuple(native.class_names) == SyntheticScenes.classes
-        self._segmenters: dict[PageOptions, Segmenter] = {PageOptions(self.output_stride): native}
+        self.knows_scenes = tuple(self._native.class_names) == SyntheticScenes.classes
+        self._segmenters: dict[PageOptions, Segmenter] = {}
+        self._lock = threading.Lock()
 
     def segmenter(self, options: PageOptions) -> Segmenter:
         if options not in self._segmenters:
-            segmenter = load_segmenter(self.source, options.inference())
+            network = copy.deepcopy(self._native.network)
+            network.set_output_stride(options.output_stride)
+            inference = dataclasses.replace(options.inference(), output_stride=None)
+            segmenter = dataclasses.replace(self._native, network=network, inference=inference)
             if options.fast:
                 segmenter = fast_segmenter(segmenter)
             self._segmenters[options] = segmenter
         return self._segmenters[options]
 
     def run(self, path: str | Path | None, options: PageOptions) -> PageResult:
-        """Segment one uploaded file; a bad file becomes a message, never an exception."""
+        """Segment one uploaded file. A bad file, or any failure, becomes a message on the page,
+        never an exception: the server keeps serving."""
         if path is None:
             return PageResult(status="Drop an image above, or pick a sample.")
         name = Path(path).name
-        segmenter = self.segmenter(options)
-        start = time.perf_counter()
-        try:
-            image, labels = segment_file(segmenter, path, max_pixels=MAX_PIXELS)
-        except DataError as error:
-            message = str(error).replace(str(path), name)
-            return PageResult(status=f"**Could not segment {name}**: {message}")
-        seconds = time.perf_counter() - start
+        with self._lock:
+            try:
+                segmenter = self.segmenter(options)
+                start = time.perf_counter()
+                image, labels = segment_file(segmenter, path, max_pixels=MAX_PIXELS)
+                seconds = time.perf_counter() - start
+            except DataError as error:
+                message = str(error).replace(str(path), name)
+                return PageResult(status=f"**Could not segment {_plain(name)}**: {_plain(message)}")
+            except Exception as error:  # a page request must not take the server down
+                return PageResult(
+                    status=f"**Segmenting {_plain(name)} failed** ({type(error).__name__}): "
+                    f"{_plain(str(error))}"
+                )
         folder = self.workdir / "results" / uuid.uuid4().hex
         folder.mkdir(parents=True)
         mask_path = folder / f"{Path(path).stem}_mask.png"
@@ -142,8 +159,14 @@ class PageModel:
             overlay(image, labels, segmenter.palette),
             legend_html(segmenter, class_shares(labels, segmenter.num_classes)),
             mask_path,
-            f"{name}: {width}×{height} segmented in {1000 * seconds:.0f} ms ({options.describe()})",
+            f"{_plain(name)}: {width}×{height} segmented in {1000 * seconds:.0f} ms "
+            f"({options.describe()})",
         )
+
+
+def _plain(text: str) -> str:
+    """``text`` shown as it is in Markdown: its markup characters escaped."""
+    return re.sub(r"([\\`*_\[\]<>#|~!])", r"\\\1", text)
 
 
 def write_samples(folder: Path) -> list[Path]:
@@ -246,14 +269,22 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
 
 @dataclass
 class Server:
-    """A running page: its address, its temporary folder, and the Gradio app (``close()``)."""
+    """A running page: its address, its temporary folder and the Gradio app."""
 
     url: str
     workdir: Path
     page: Any
+    previous_temp_dir: str | None = None  # GRADIO_TEMP_DIR before the page took it over
 
     def close(self) -> None:
+        """Stop serving, delete the temporary folder (uploads, results), restore the
+        environment."""
         self.page.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.previous_temp_dir is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = self.previous_temp_dir
 
 
 def launch(
@@ -273,6 +304,7 @@ def launch(
             f"no model at {source}: run `atrous demo` first, or name a saved model folder"
         )
     workdir = Path(tempfile.mkdtemp(prefix="atrous-serve-"))
+    previous_temp_dir = os.environ.get("GRADIO_TEMP_DIR")
     # Gradio keeps uploads and returned files in its upload folder: make it ours, temporary.
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -288,8 +320,11 @@ def launch(
         css=CSS,
         footer_links=[],
     )
-    server = Server(f"http://{host}:{page.server_port}", workdir, page)
+    server = Server(f"http://{host}:{page.server_port}", workdir, page, previous_temp_dir)
     announce(f"atrous serve: {source} on {server.url} (uploads in {workdir})")
     if block:
-        page.block_thread()
+        try:
+            page.block_thread()
+        finally:
+            server.close()
     return server

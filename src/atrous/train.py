@@ -219,13 +219,17 @@ def _check_config(config: TrainConfig, env: DistributedEnv, num_classes: int) ->
     return micro
 
 
-def _prepare_model(config: TrainConfig, env: DistributedEnv) -> tuple[DeepLab, nn.Module]:
-    """Build the model, place it, and wrap it for DDP (SyncBN on CUDA)."""
+def _prepare_model(
+    config: TrainConfig, env: DistributedEnv, resuming: bool
+) -> tuple[DeepLab, nn.Module]:
+    """Build the model, place it, and wrap it for DDP (SyncBN on CUDA). Starting weights
+    (ImageNet backbone, a saved model) load only on a fresh start: a resumed run's come from
+    its checkpoint."""
     torch.manual_seed(config.run.seed)
     model = build_model(config.model)
-    if config.run.backbone_weights is not None:  # the paper starts from ImageNet weights (§4)
+    if config.run.backbone_weights is not None and not resuming:  # ImageNet start (paper §4)
         load_backbone_weights(model.backbone, config.model.backbone, config.run.backbone_weights)
-    if config.run.init_from is not None:
+    if config.run.init_from is not None and not resuming:
         # A classifier for another number of classes is re-initialised (with a warning).
         start = load_model(config.run.init_from, num_classes=config.model.num_classes, strict=False)
         load_weights(model, start.state_dict(), source=config.run.init_from)
@@ -269,7 +273,9 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
     train_set = build_dataset(config.data, "train")
     val_set = build_dataset(config.data, "val")
     micro = _check_config(config, env, train_set.num_classes)
-    model, net = _prepare_model(config, env)
+    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
+    resuming = run.resume and last_path.is_file()
+    model, net = _prepare_model(config, env, resuming)
     optimizer = build_optimizer(model, config.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, poly_schedule(run.iterations, config.optim.poly_power, config.optim.warmup_iters)
@@ -277,8 +283,7 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
     scaler = torch.amp.GradScaler(env.device.type, enabled=run.precision == "fp16")
 
     start, best_miou, best_class_iou = 0, -1.0, None
-    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
-    if run.resume and last_path.is_file():
+    if resuming:
         state = load_checkpoint(last_path, env.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

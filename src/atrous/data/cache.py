@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +14,31 @@ from atrous.data.base import SegmentationDataset
 
 
 def dataset_fingerprint(dataset: SegmentationDataset) -> str:
-    """A short id of the dataset's reader, classes and samples, so one cache folder can hold
-    several datasets and splits without mixing them up."""
+    """A short id of what the dataset yields: its reader and settings (scalar attributes such as
+    a scene size or seed), classes, samples and, for files, their sizes and modification times.
+    A cache folder can hold several datasets and splits, and a changed file is decoded again."""
     digest = hashlib.sha256(type(dataset).__qualname__.encode())
+    settings = {k: v for k, v in vars(dataset).items() if isinstance(v, (bool, int, float, str))}
+    digest.update(repr(sorted(settings.items())).encode())
     digest.update("\0".join(dataset.classes).encode())
     for index in range(len(dataset)):
         digest.update(b"\0" + dataset.name(index).encode())
+    for files in getattr(dataset, "pairs", ()):
+        for path in files:
+            stat = Path(path).stat()
+            digest.update(f"\0{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        np.save(handle, array)
-    os.replace(partial, path)
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            np.save(handle, array)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 class DecodedCache(SegmentationDataset):
