@@ -18,8 +18,8 @@ contenders round by round so that drifts of the machine hit all of them alike:
   level before it, sampled every millisecond, after glibc has handed free memory back);
 - one training step (forward + backward + SGD, batch 2, 321×321; smp needs 320×320), and at OS8
   the same step with activation checkpointing;
-- the roofline: Mult-Adds ÷ the conv throughput measured at the start (3×3 conv, 256→256 at
-  65×65) at that precision.
+- the roofline: Mult-Adds ÷ the throughput of a reference conv (3×3, 256→256 at 65×65) at that
+  precision, timed in the same interleaved rounds as the row's contenders.
 
 It prints a Markdown table with ratios (atrous ÷ best peer path, ÷ roofline) and writes JSON
 (``--json``, default benchmarks/results/latest.json). docs/performance.md holds the latest table.
@@ -134,27 +134,38 @@ class PeakMemory:
         self.mib = (self.peak - self.base) / 2**20
 
 
-def conv_throughput(device: torch.device, precision: str, repeats: int = 20) -> float:
-    """Mult-Adds/s of a 3×3 conv 256→256 at 65×65 (channels_last), the machine's conv limit."""
-    macs = 256 * 256 * 9 * 65 * 65
+#: Mult-Adds of the reference conv (3×3, 256→256 at 65×65) that defines the roofline.
+CONV_MACS = 256 * 256 * 9 * 65 * 65
+
+
+def conv_probe(device: torch.device, precision: str) -> Callable[[], Any]:
+    """One call of the reference conv at ``precision``, the machine's conv limit: PyTorch
+    (channels_last) for fp32/bf16/fp16, ONNX Runtime's QLinearConv for int8; warmed up."""
     if precision == "int8":
-        return _int8_conv_throughput(macs, repeats)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    x = torch.randn(1, 256, 65, 65, device=device, dtype=dtype)
-    weight = torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
-    x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, weight))
-    clock = Clock(device)
-    with torch.inference_mode():
-        for _ in range(3):
-            F.conv2d(x, weight, padding=1)
-        seconds = statistics.median(
-            clock(lambda: F.conv2d(x, weight, padding=1)) for _ in range(repeats)
-        )
-    return macs / seconds
+        run = _int8_conv_probe()
+    else:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        x = torch.randn(1, 256, 65, 65, device=device, dtype=dtype)
+        weight = torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
+        x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, weight))
+
+        def run() -> Any:
+            with torch.inference_mode():
+                return F.conv2d(x, weight, padding=1)
+
+    for _ in range(3):
+        run()
+    return run
 
 
-def _int8_conv_throughput(macs: int, repeats: int) -> float:
-    """The same conv as ONNX Runtime's int8 QLinearConv (u8 activations, s8 weights)."""
+def conv_throughput(device: torch.device, precision: str, repeats: int = 20) -> float:
+    """Mult-Adds/s of the reference conv: median of ``repeats`` calls."""
+    probe, clock = conv_probe(device, precision), Clock(device)
+    return CONV_MACS / statistics.median(clock(probe) for _ in range(repeats))
+
+
+def _int8_conv_probe() -> Callable[[], Any]:
+    """The reference conv as ONNX Runtime's int8 QLinearConv (u8 activations, s8 weights)."""
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
@@ -183,14 +194,7 @@ def _int8_conv_throughput(macs: int, repeats: int) -> float:
         model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
     )
     x = rng.integers(0, 255, (1, 256, 65, 65), dtype=np.uint8)
-    for _ in range(3):
-        session.run(None, {"x": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - start)
-    return macs / statistics.median(times)
+    return lambda: session.run(None, {"x": x})
 
 
 # ---------------------------------------------------------------------------- contenders
@@ -656,7 +660,13 @@ def measure_training(row: Row, model, peer, device, rounds: int) -> list[dict[st
 
 
 def run_row(
-    row: Row, device: torch.device, rounds: int, folder: Path, log: Callable, all_paths: bool
+    row: Row,
+    device: torch.device,
+    rounds: int,
+    folder: Path,
+    log: Callable,
+    all_paths: bool,
+    precisions: tuple[str, ...],
 ) -> dict:
     rounds = row.rounds or rounds
     torch.manual_seed(0)
@@ -711,11 +721,18 @@ def run_row(
         item.memory_mib = memory.mib
         del runner
     clock = Clock(device)
+    # The reference conv runs in the same rounds, so the roofline sees the machine as it was.
+    probes = {precision: conv_probe(device, precision) for precision in precisions}
+    probe_times: dict[str, list[float]] = {precision: [] for precision in precisions}
     for _ in range(rounds):
         for item in ready:
             x = examples[item.side]
             time.sleep(PAUSE_S)
             item.times.append(clock(lambda item=item, x=x: item.run(x)))
+        for precision, probe in probes.items():
+            time.sleep(PAUSE_S)
+            probe_times[precision] += [clock(probe) for _ in range(3)]
+    info["conv_throughput"] = {p: CONV_MACS / statistics.median(t) for p, t in probe_times.items()}
     log(f"  latency: {rounds} rounds done")
     batch_items = [item for item in ready if item.throughput and row.full]
     for item in batch_items:
@@ -757,18 +774,18 @@ def _fmt(value: float, digits: int = 0) -> str:
 
 def markdown(results: dict) -> str:
     """The tables of docs/performance.md: one per row, then the training steps."""
-    roof = results["conv_throughput"]
     lines = [
         f"Machine: {results['machine']}; torch "
         f"{results['torch']}, onnxruntime {results['onnxruntime']}; device {results['device']}.",
-        "Conv throughput (3×3, 256→256, 65×65): "
-        + ", ".join(f"{k} {v / 1e9:.0f} GMAC/s" for k, v in roof.items())
-        + ". Latency: batch 1, median of interleaved rounds. Memory: peak above the level "
-        "before one call.",
+        "Reference conv (3×3, 256→256, 65×65) at the start: "
+        + ", ".join(f"{k} {v / 1e9:.0f} GMAC/s" for k, v in results["conv_throughput"].items())
+        + "; each row's roofline uses the same conv timed in that row's rounds. Latency: batch 1, "
+        "median of interleaved rounds. Memory: peak above the level before one call.",
         "",
     ]
     for row in results["rows"]:
         macs = row["atrous"]["mult_adds"]
+        roof = row["conv_throughput"]
         lines += [
             f"### {row['title']}, {row['size'][0]}×{row['size'][1]}",
             "",
@@ -805,7 +822,7 @@ def markdown(results: dict) -> str:
         for precision in ("fp32", "bf16", "fp16", "int8"):
             if precision in roof:
                 lines.append(
-                    f"| roofline | {precision}: Mult-Adds ÷ conv throughput "
+                    f"| roofline | {precision}: Mult-Adds ÷ {roof[precision] / 1e9:.0f} GMAC/s "
                     f"| {_fmt(1000 * macs / roof[precision])} | | | | | |"
                 )
         lines += ["", *ratios(row, roof), ""]
@@ -901,7 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as folder:
         for key in keys:
             log(f"{key}: {ROWS[key].title}")
-            row = run_row(ROWS[key], device, args.rounds, Path(folder), log, args.all_paths)
+            row = run_row(
+                ROWS[key], device, args.rounds, Path(folder), log, args.all_paths, precisions
+            )
             results["rows"].append(row)
             gc.collect()
     results["seconds"] = time.perf_counter() - start
