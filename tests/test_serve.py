@@ -162,7 +162,8 @@ def browser(tmp_path):
 
 
 def test_the_page_in_a_real_browser(tiny_run, photo, browser, tmp_path, monkeypatch):
-    """Upload a photograph, then a corrupt file, then a built-in scene, as a person would.
+    """Upload a photograph, a file over the size limit, a corrupt file, then a built-in scene,
+    and pick a sample, as a person would.
 
     ATROUS_SERVE_MODEL picks the model (the README's screenshot uses runs/demo/model);
     ATROUS_SCREENSHOT saves the page after the last upload there.
@@ -172,7 +173,7 @@ def test_the_page_in_a_real_browser(tiny_run, photo, browser, tmp_path, monkeypa
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "unused"))  # restored afterwards
     model = os.environ.get("ATROUS_SERVE_MODEL", str(tiny_run / "model"))
-    server = launch(model, port=free_port(), block=False, announce=lambda _: None)
+    server = launch(model, port=free_port(), max_upload_mb=1, block=False, announce=lambda _: None)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     scene = server.workdir / "samples" / "scene_1.png"
@@ -206,6 +207,20 @@ def test_the_page_in_a_real_browser(tiny_run, photo, browser, tmp_path, monkeypa
         legend = browser.find_element(By.ID, "legend").text
         assert "class" in legend and "%" in legend and "background" in legend
         assert any(p.name == "chelsea.jpg" for p in server.workdir.rglob("*"))
+
+        too_big = tmp_path / "too_big.png"
+        too_big.write_bytes(os.urandom(1_500_000))
+        upload(too_big)
+        toast = '[data-testid="toast-text"]'
+        wait.until(
+            lambda d: any(
+                "exceed the maximum allowed size" in e.text
+                for e in d.find_elements(By.CSS_SELECTOR, toast)
+            )
+        )
+        for close in browser.find_elements(By.CSS_SELECTOR, '[data-testid="toast-close"]'):
+            close.click()
+        assert not any(p.name == "too_big.png" for p in server.workdir.rglob("*"))
 
         upload(corrupt)
         wait.until(lambda d: "Could not segment corrupt.png" in status())
