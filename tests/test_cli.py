@@ -57,3 +57,9 @@ def test_train_with_mismatched_classes_is_one_clear_error(capsys):
     assert main(["train", "--model.num_classes", "21", "--run.iterations", "1"]) == 2
     out = capsys.readouterr().out
     assert "model.num_classes is 21 but dataset 'synthetic' has 6 classes" in out
+
+
+def test_serve_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # what an install without the extra sees
+    assert main(["serve", "runs/no_model"]) == 2
+    assert "atrous serve needs Gradio: pip install 'atrous[serve]'" in capsys.readouterr().out

@@ -203,12 +203,18 @@ CSS = """
 """
 
 
-def build_page(model: PageModel, is_demo_model: bool) -> Any:
-    """The Gradio Blocks page for ``model``."""
+def _gradio() -> Any:
+    """The Gradio module, or an ImportError that says how to install it (an optional extra)."""
     try:
-        import gradio as gr
+        import gradio
     except ImportError:
         raise ImportError("atrous serve needs Gradio: pip install 'atrous[serve]'") from None
+    return gradio
+
+
+def build_page(model: PageModel, is_demo_model: bool) -> Any:
+    """The Gradio Blocks page for ``model``."""
+    gr = _gradio()
 
     def handle(path: str | None, stride: str, multi: bool, fast: bool) -> tuple:
         result = model.run(path, PageOptions(int(stride), multi, fast))
@@ -297,6 +303,7 @@ def launch(
 ) -> Server:
     """Start the page for ``model`` on ``host:port``. With ``block`` it serves until
     interrupted; otherwise the server runs in a background thread until ``close()``."""
+    _gradio()  # before anything is created
     source = Path(model)
     is_demo = source == Path(DEMO_MODEL)
     if is_demo and not source.is_dir():
