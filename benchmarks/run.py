@@ -545,7 +545,12 @@ def contenders(
             "fp32",
             lambda: fast(model, ours, "fp32", workdir=workdirs["fp32"]),
             True,
-            (lambda: OnnxNetwork(workdirs["fp32"] / "model.onnx", options=session_options()))
+            (
+                lambda: OnnxNetwork(
+                    workdirs["fp32"] / "model.{}x{}.onnx".format(*ours.shape[-2:]),
+                    options=session_options(),
+                )
+            )
             if device.type == "cpu"
             else None,
         )
@@ -785,7 +790,7 @@ def markdown(results: dict) -> str:
     ]
     for row in results["rows"]:
         macs = row["atrous"]["mult_adds"]
-        roof = row["conv_throughput"]
+        roof = row.get("conv_throughput", results["conv_throughput"])
         lines += [
             f"### {row['title']}, {row['size'][0]}×{row['size'][1]}",
             "",

@@ -307,6 +307,11 @@ def test_decoded_cache_reads_back_the_same_pairs_without_decoding(tmp_path, monk
     assert other.folder != cached.folder
     assert DecodedCache(SyntheticScenes(3, 48, seed=0), tmp_path / "cache").folder != other.folder
     monkeypatch.undo()
+    touched = tmp_path / "data" / "images" / "train" / "img1.jpg"
+    os.utime(touched, ns=(2, 2))  # the same bytes at another time: decoded again
+    assert DecodedCache(FolderDataset(tmp_path / "data", "train"), tmp_path / "c").folder.name != (
+        cached.folder.name
+    )
     changed = tmp_path / "data" / "masks" / "train" / "img0.png"
     Image.fromarray(np.zeros((10, 12), dtype=np.uint8), mode="L").save(changed)
     os.utime(changed, ns=(1, 1))  # a file rewritten at another time is decoded again

@@ -85,9 +85,15 @@ def test_onnxruntime_fp32_adds_a_graph_fixed_to_the_example_size(trained, tmp_pa
     fixed = OnnxNetwork(tmp_path / "model.65x97.onnx")
     with pytest.raises(Exception, match=r"(?i)dimension|shape"):
         fixed(torch.randn(1, 3, 65, 98))  # that graph takes its own size only
+    dispatch = network._run
+    used = []
+    for name in ("fixed", "general"):
+        graph = getattr(dispatch, name)
+        setattr(dispatch, name, lambda x, graph=graph, name=name: used.append(name) or graph(x))
     for size in ((65, 97), (65, 98)):  # the fixed graph, then the any-size one
         batch = torch.randn(3, 3, *size)
         assert (network(batch) - _logits(model, batch)).abs().max().item() <= 1e-4
+    assert used == ["fixed", "general"]
     optimize_for_inference(model, workdir=tmp_path / "no_example")
     assert [p.name for p in (tmp_path / "no_example").glob("*.onnx")] == ["model.onnx"]
 

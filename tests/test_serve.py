@@ -4,6 +4,7 @@ uploads, and the real page driven in a real browser."""
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,13 @@ def test_serve_refuses_a_missing_demo_model_and_exported_files(tiny_run, tmp_pat
     exported = export_onnx(load_model(tiny_run / "model"), tmp_path / "m.onnx", check=False).path
     with pytest.raises(ValueError, match="needs a saved model folder or a training checkpoint"):
         PageModel(exported, tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    with pytest.raises(ValueError, match="needs a saved model folder"):
+        launch(exported, block=False)
+    assert not list((tmp_path / "tmp").iterdir())  # no temporary folder left behind
+    assert "GRADIO_TEMP_DIR" not in os.environ
 
 
 def test_scenes_are_offered_only_to_models_of_the_built_in_classes(page_model, tmp_path):
@@ -117,6 +125,15 @@ def test_scenes_are_offered_only_to_models_of_the_built_in_classes(page_model, t
     other = create_model("deeplabv3_mobilenetv2", num_classes=3, width_multiplier=0.25)
     other.save_pretrained(tmp_path / "other", class_names=["sky", "sea", "sand"])
     assert not PageModel(tmp_path / "other", tmp_path).knows_scenes
+
+
+def test_a_closed_page_model_deletes_its_folder_and_refuses_requests(tiny_run, photo, tmp_path):
+    model = PageModel(tiny_run / "model", tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    assert model.run(photo, PageOptions(16)).mask_path.is_file()
+    model.close()
+    assert not (tmp_path / "work").exists()
+    assert model.run(photo, PageOptions(16)).status == "The server is shutting down."
 
 
 # ---------------------------------------------------------------------------- the real page

@@ -1,5 +1,5 @@
-"""Export for deployment: ONNX with dynamic batch, height and width, checked in ONNX Runtime;
-and ``torch.export`` programs.
+"""Export for deployment: ONNX with dynamic batch, height and width (or one fixed size), checked
+in ONNX Runtime; and ``torch.export`` programs.
 
 The ONNX file carries what a runtime needs besides the graph in its metadata (``atrous``: JSON
 with the model configuration, class names, palette and input normalisation), so ``atrous
@@ -94,7 +94,8 @@ def export_onnx(
     """Export ``model`` (eval mode, fp32) to ONNX with dynamic batch, height and width.
 
     ``size`` fixes height and width instead (batch stays free): ONNX Runtime plans such a graph
-    better (measured 7% faster on DeepLabV3+ ResNet-101 at 512×512, ``docs/performance.md``).
+    better (the any-size graph measured 7% slower on DeepLabV3+ ResNet-101 at 512×512,
+    ``docs/performance.md``).
     With ``check``, the file is run in ONNX Runtime on random images at two sizes (or two batch
     sizes at ``size``) and compared with the eager model; a difference above ``tolerance`` is an
     error.

@@ -19,7 +19,7 @@ precision     CPU                                                    CUDA
 ============  =====================================================  ========================
 
 For fp32 on ONNX Runtime with an ``example``, a second graph fixed to the example's size runs
-images of that size (7% faster than the any-size graph on R-101 at 512×512).
+images of that size (the any-size graph measured 7% slower on R-101 at 512×512).
 ``backend="compile"`` (``torch.compile`` with frozen weights) is there for fp32/bf16: it is
 correct, but on the CPU it spends half a minute compiling per input size and gains less than
 ONNX Runtime for fp32. Each network is checked on ``example`` against the eager model: fp32 must
@@ -318,8 +318,8 @@ def optimize_for_inference(
             normalised tensors, from which activation ranges are set.
         tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted.
         workdir: onnxruntime only: keep the ONNX files here (``model.onnx``, ``model.int8.onnx``,
-            ``model.<H>x<W>.onnx``, deployable like ``atrous export``'s) instead of a temporary
-            folder.
+            ``model.<H>x<W>.onnx``) instead of a temporary folder; the first two are deployable like
+            ``atrous export``'s, the third takes images of its size only.
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -392,8 +392,8 @@ def _onnxruntime(
 ) -> OnnxNetwork | _SizeDispatch:
     """Export the folded model (checked at two sizes), quantise it for int8, open a session.
 
-    For fp32 with a ``size``, also a graph fixed to that size (``model.<H>x<W>.onnx``), which
-    runs images of exactly that size.
+    For fp32 with a ``size``, also a graph fixed to that size (``model.<H>x<W>.onnx``, checked
+    at two batch sizes), which runs images of exactly that size.
     """
     with tempfile.TemporaryDirectory(prefix="atrous-fast-") as scratch:
         folder = Path(workdir) if workdir is not None else Path(scratch)

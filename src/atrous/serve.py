@@ -117,6 +117,7 @@ class PageModel:
         self.knows_scenes = tuple(self._native.class_names) == SyntheticScenes.classes
         self._segmenters: dict[PageOptions, Segmenter] = {}
         self._lock = threading.Lock()
+        self.closed = False
 
     def segmenter(self, options: PageOptions) -> Segmenter:
         if options not in self._segmenters:
@@ -136,11 +137,10 @@ class PageModel:
             return PageResult(status="Drop an image above, or pick a sample.")
         name = Path(path).name
         with self._lock:
+            if self.closed:
+                return PageResult(status="The server is shutting down.")
             try:
-                segmenter = self.segmenter(options)
-                start = time.perf_counter()
-                image, labels = segment_file(segmenter, path, max_pixels=MAX_PIXELS)
-                seconds = time.perf_counter() - start
+                return self._segment(Path(path), options)
             except DataError as error:
                 message = str(error).replace(str(path), name)
                 return PageResult(status=f"**Could not segment {_plain(name)}**: {_plain(message)}")
@@ -149,9 +149,15 @@ class PageModel:
                     status=f"**Segmenting {_plain(name)} failed** ({type(error).__name__}): "
                     f"{_plain(str(error))}"
                 )
+
+    def _segment(self, path: Path, options: PageOptions) -> PageResult:
+        segmenter = self.segmenter(options)
+        start = time.perf_counter()
+        image, labels = segment_file(segmenter, path, max_pixels=MAX_PIXELS)
+        seconds = time.perf_counter() - start
         folder = self.workdir / "results" / uuid.uuid4().hex
         folder.mkdir(parents=True)
-        mask_path = folder / f"{Path(path).stem}_mask.png"
+        mask_path = folder / f"{path.stem}_mask.png"
         palette_image(labels, segmenter.palette).save(mask_path)
         height, width = labels.shape
         return PageResult(
@@ -159,14 +165,21 @@ class PageModel:
             overlay(image, labels, segmenter.palette),
             legend_html(segmenter, class_shares(labels, segmenter.num_classes)),
             mask_path,
-            f"{_plain(name)}: {width}×{height} segmented in {1000 * seconds:.0f} ms "
+            f"{_plain(path.name)}: {width}×{height} segmented in {1000 * seconds:.0f} ms "
             f"({options.describe()})",
         )
 
+    def close(self) -> None:
+        """Wait for the running request, refuse later ones, delete the temporary folder."""
+        with self._lock:
+            self.closed = True
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
 
 def _plain(text: str) -> str:
-    """``text`` shown as it is in Markdown: its markup characters escaped."""
-    return re.sub(r"([\\`*_\[\]<>#|~!])", r"\\\1", text)
+    """``text`` shown as it is in Markdown on one line: markup characters (and Gradio's ``$``
+    for LaTeX) escaped, line breaks made spaces."""
+    return re.sub(r"([\\`*_\[\]<>#|~!&$])", r"\\\1", " ".join(text.splitlines()))
 
 
 def write_samples(folder: Path) -> list[Path]:
@@ -275,22 +288,31 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
 
 @dataclass
 class Server:
-    """A running page: its address, its temporary folder and the Gradio app."""
+    """A running page: its address, the model behind it (with the temporary folder) and the
+    Gradio app."""
 
     url: str
-    workdir: Path
+    model: PageModel
     page: Any
     previous_temp_dir: str | None = None  # GRADIO_TEMP_DIR before the page took it over
 
+    @property
+    def workdir(self) -> Path:
+        return self.model.workdir
+
     def close(self) -> None:
-        """Stop serving, delete the temporary folder (uploads, results), restore the
-        environment."""
+        """Stop serving, delete the temporary folder (uploads, results) once the running request
+        is done, and restore the environment."""
         self.page.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.previous_temp_dir is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = self.previous_temp_dir
+        self.model.close()
+        _restore_temp_dir(self.previous_temp_dir)
+
+
+def _restore_temp_dir(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = previous
 
 
 def launch(
@@ -315,19 +337,25 @@ def launch(
     # Gradio keeps uploads and returned files in its upload folder: make it ours, temporary.
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    page = build_page(PageModel(source, workdir), is_demo)
-    page.queue(default_concurrency_limit=1)
-    page.launch(
-        server_name=host,
-        server_port=port,
-        max_file_size=f"{max_upload_mb}mb",
-        prevent_thread_lock=True,
-        ssr_mode=False,
-        quiet=True,
-        css=CSS,
-        footer_links=[],
-    )
-    server = Server(f"http://{host}:{page.server_port}", workdir, page, previous_temp_dir)
+    try:
+        page_model = PageModel(source, workdir)
+        page = build_page(page_model, is_demo)
+        page.queue(default_concurrency_limit=1)
+        page.launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=f"{max_upload_mb}mb",
+            prevent_thread_lock=True,
+            ssr_mode=False,
+            quiet=True,
+            css=CSS,
+            footer_links=[],
+        )
+    except BaseException:  # a model that cannot load, a port in use: leave nothing behind
+        shutil.rmtree(workdir, ignore_errors=True)
+        _restore_temp_dir(previous_temp_dir)
+        raise
+    server = Server(f"http://{host}:{page.server_port}", page_model, page, previous_temp_dir)
     announce(f"atrous serve: {source} on {server.url} (uploads in {workdir})")
     if block:
         try:

@@ -18,15 +18,17 @@ def dataset_fingerprint(dataset: SegmentationDataset) -> str:
     a scene size or seed), classes, samples and, for files, their sizes and modification times.
     A cache folder can hold several datasets and splits, and a changed file is decoded again."""
     digest = hashlib.sha256(type(dataset).__qualname__.encode())
-    settings = {k: v for k, v in vars(dataset).items() if isinstance(v, (bool, int, float, str))}
+    attributes = getattr(dataset, "__dict__", {})
+    settings = {k: v for k, v in attributes.items() if isinstance(v, (bool, int, float, str))}
     digest.update(repr(sorted(settings.items())).encode())
     digest.update("\0".join(dataset.classes).encode())
     for index in range(len(dataset)):
         digest.update(b"\0" + dataset.name(index).encode())
     for files in getattr(dataset, "pairs", ()):
         for path in files:
-            stat = Path(path).stat()
-            digest.update(f"\0{stat.st_size}:{stat.st_mtime_ns}".encode())
+            if isinstance(path, (str, os.PathLike)):
+                stat = Path(path).stat()
+                digest.update(f"\0{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -35,6 +37,7 @@ def _save_atomically(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.save(handle, array)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
