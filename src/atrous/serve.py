@@ -51,9 +51,10 @@ class PageOptions:
     fast: bool = False
 
     def inference(self) -> InferenceConfig:
+        """Scales and flip; the output stride is set on the segmenter's own model copy."""
         if self.multi_scale_flip:
-            return InferenceConfig(self.output_stride, PAPER_SCALES, True)
-        return InferenceConfig(self.output_stride)
+            return InferenceConfig(scales=PAPER_SCALES, flip=True)
+        return InferenceConfig()
 
     def describe(self) -> str:
         scales = "scales 0.5–1.75 + flip" if self.multi_scale_flip else "single scale"
@@ -123,8 +124,9 @@ class PageModel:
         if options not in self._segmenters:
             network = copy.deepcopy(self._native.network)
             network.set_output_stride(options.output_stride)
-            inference = dataclasses.replace(options.inference(), output_stride=None)
-            segmenter = dataclasses.replace(self._native, network=network, inference=inference)
+            segmenter = dataclasses.replace(
+                self._native, network=network, inference=options.inference()
+            )
             if options.fast:
                 segmenter = fast_segmenter(segmenter)
             self._segmenters[options] = segmenter

@@ -452,6 +452,7 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
             load_checkpoint(best_path)["model"] if best_path.is_file() else model.state_dict()
         )
         best.to(env.device)
+        scored = best_miou >= 0  # validation ran at least once
         summary = TrainingSummary(
             dataset=config.data.dataset,
             train_images=len(train_set),
@@ -461,9 +462,9 @@ def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
             optimizer=config.optim.optimizer,
             learning_rate=config.optim.lr,
             precision=run.precision,
-            val_split=config.data.val_split if best_miou >= 0 else None,
-            val_images=len(val_set) if best_miou >= 0 else None,
-            val_miou=best_miou if best_miou >= 0 else None,
+            val_split=config.data.val_split if scored else None,
+            val_images=len(val_set) if scored else None,
+            val_miou=best_miou if scored else None,
             class_iou=tuple(best_class_iou) if best_class_iou is not None else None,
             latency_ms=measure_latency(best, (config.data.crop_size,) * 2, env.device),
             latency_device=describe_device(env.device),
