@@ -39,7 +39,7 @@ from atrous.predict import (
 )
 from atrous.profile import profile_model
 from atrous.serve import MAX_UPLOAD_MB, launch
-from atrous.train import OptimConfig, RunConfig, TrainConfig
+from atrous.train import OptimConfig, RunConfig, TrainConfig, TrainingPreempted
 from atrous.train import train as run_training
 from atrous.zoo import create_model, get_config, list_models
 
@@ -172,7 +172,11 @@ def check_data(
     console.print(f"{report.samples} of {len(data)} samples valid; {report.ignored} ignored pixels")
     for error in report.errors:
         console.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
-    return 1 if report.errors else 0
+    problems = report.label_problems()
+    for problem in problems:
+        kind, style = ("labels", "bold red") if problem.fatal else ("warning", "yellow")
+        console.print(f"{kind}: {problem.message}", style=style, markup=False, soft_wrap=True)
+    return 1 if report.errors or any(p.fatal for p in problems) else 0
 
 
 def evaluate(
@@ -444,6 +448,9 @@ def main(args: list[str] | None = None) -> int:
             "profile": profile,
         }
         status = CLI(commands, args=args)
+    except TrainingPreempted as stop:  # after the step it was in, with last.pt written
+        console.print(str(stop), style="bold yellow", markup=False, soft_wrap=True)
+        return stop.exit_code
     except (ValueError, DataError, OSError, ExportCheckError, ImportError) as error:
         console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
         return 2

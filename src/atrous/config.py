@@ -21,7 +21,7 @@ class ModelConfig:
 
     backbone: str = "xception65"  # a key of atrous.backbones.BACKBONES
     decoder: bool = True  # True: DeepLabV3+, False: DeepLabV3
-    num_classes: int = 21  # output classes (PASCAL VOC: 21)
+    num_classes: int | None = None  # output classes (PASCAL VOC: 21); None: the dataset's count
     output_stride: int = 16  # 8, 16 or 32; switchable later with set_output_stride
     separable: bool = False  # atrous separable convs in ASPP and decoder (the paper's "SC")
     aspp_channels: int = 256  # channels of every ASPP branch and of its projection
@@ -44,7 +44,9 @@ class ModelConfig:
                 f"unknown backbone {self.backbone!r}; available: {', '.join(sorted(BACKBONES))}"
             )
         check_output_stride(self.output_stride)
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+        if self.num_classes is not None and (
+            not isinstance(self.num_classes, int) or self.num_classes < 1
+        ):
             raise ValueError(
                 f"num_classes must be an integer of at least 1, got {self.num_classes!r}"
             )

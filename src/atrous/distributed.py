@@ -58,8 +58,3 @@ def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def barrier() -> None:
-    """Wait for every process (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

@@ -345,6 +345,11 @@ class DeepLabV3Plus(DeepLab):
 
 def build_model(config: ModelConfig) -> DeepLab:
     """Build a randomly initialised model from a configuration."""
+    if config.num_classes is None:
+        raise ValueError(
+            "num_classes is not set: give the number of classes (PASCAL VOC: 21); a training run "
+            "takes its dataset's"
+        )
     backbone = build_backbone(
         config.backbone,
         output_stride=config.output_stride,

@@ -4,6 +4,12 @@ SGD with momentum 0.9 and weight decay 4e-5, poly learning rate (power 0.9) from
 scale/crop/flip, cross-entropy ignoring label 255. Under ``torchrun`` the same loop runs with
 DistributedDataParallel (SyncBN on CUDA), rank 0 logging and writing checkpoints.
 
+A run is a sequence of small steps over one :class:`TrainingState` (what a checkpoint holds):
+start or resume, take optimizer steps, validate, checkpoint, and at the end save the best model.
+SIGTERM, SIGINT or SIGUSR1 (preemption) end it after the current step with ``last.pt`` written
+and :class:`TrainingPreempted` raised; the same command resumes bit-exactly
+(:mod:`atrous.preemption`).
+
     atrous train --config configs/voc_xception65_os16.yaml --data.root /data/VOC2012
     torchrun --nproc_per_node 4 -m atrous train --config ... --run.batch_size 16
 """
@@ -12,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,13 +41,21 @@ from atrous.backbones.weights import load_backbone_weights
 from atrous.card import TrainingSummary
 from atrous.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from atrous.config import ModelConfig
-from atrous.data import DataConfig, build_dataset, training_transform
+from atrous.data import (
+    DataConfig,
+    DataError,
+    SegmentationDataset,
+    build_dataset,
+    training_transform,
+)
+from atrous.data.checks import sample_labels
 from atrous.data.sampler import AugmentedSamples, EpochSampler
-from atrous.distributed import DistributedEnv, barrier, init_distributed, shutdown_distributed
+from atrous.distributed import DistributedEnv, init_distributed, shutdown_distributed
 from atrous.evaluate import autocast, evaluate_dataset
 from atrous.metrics import SegmentationScores
 from atrous.model import DeepLab, load_model
 from atrous.plots import plot_curves
+from atrous.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop, ignore_stop_signals
 from atrous.profile import describe_device, measure_latency
 from atrous.zoo import build_model
 
@@ -72,6 +88,8 @@ class RunConfig:
     channels_last: bool = False  # NHWC memory format (faster convs on many CPUs/GPUs)
     activation_checkpointing: bool = False  # recompute backbone activations in backward (OS8)
     val_every: int = 2000  # validate (and checkpoint) every this many iterations; 0: at the end
+    checkpoint_every: int = 1000  # also write last.pt every this many iterations (0: off)
+    checkpoint_minutes: float = 0.0  # also write last.pt after this much wall time (0: off)
     log_every: int = 20  # write loss/lr to the logs every this many iterations
     output_dir: str = "runs/train"  # checkpoints, logs, curves, resolved config
     resume: bool = True  # continue from output_dir/last.pt when it exists
@@ -121,6 +139,28 @@ class TrainResult:
     iteration: int
     best_miou: float
     scores: SegmentationScores | None
+
+
+class TrainingPreempted(RuntimeError):
+    """Training stopped on a signal after a whole step; ``last.pt`` holds that iteration.
+
+    The CLI exits with :data:`~atrous.preemption.PREEMPTED_EXIT_CODE` (75) and this message.
+    """
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, reason: str, iteration: int, checkpoint: Path, resumable: bool) -> None:
+        self.reason, self.iteration, self.checkpoint = reason, iteration, checkpoint
+        again = (
+            "run the same command again to resume there"
+            if resumable
+            else "run.resume is false, so a new start would begin again; resume with "
+            "--run.resume true"
+        )
+        super().__init__(
+            f"preempted by {reason} at iteration {iteration}: {checkpoint} written; {again} "
+            f"(exit status {PREEMPTED_EXIT_CODE})"
+        )
 
 
 def poly_schedule(iterations: int, power: float, warmup: int) -> Any:
@@ -194,14 +234,24 @@ class RunLog:
             self.writer.close()
 
 
-def _check_config(config: TrainConfig, env: DistributedEnv, num_classes: int) -> int:
+def _with_dataset_classes(config: TrainConfig, num_classes: int) -> TrainConfig:
+    """``config`` with ``model.num_classes`` taken from the dataset when it is not set; a count
+    given explicitly must match the dataset's."""
+    given = config.model.num_classes
+    if given is None:
+        return dataclasses.replace(config, model=config.model.replace(num_classes=num_classes))
+    if given != num_classes:
+        raise ValueError(
+            f"model.num_classes is {given} but dataset {config.data.dataset!r} has {num_classes} "
+            f"classes; set --model.num_classes {num_classes} (or leave it unset to take the "
+            "dataset's)"
+        )
+    return config
+
+
+def _check_config(config: TrainConfig, env: DistributedEnv) -> int:
     """Validate the combination of settings; return the per-process micro-batch size."""
     run = config.run
-    if config.model.num_classes != num_classes:
-        raise ValueError(
-            f"model.num_classes is {config.model.num_classes} but dataset {config.data.dataset!r} "
-            f"has {num_classes} classes; set --model.num_classes {num_classes}"
-        )
     if run.iterations < 1 or run.accumulate < 1:
         raise ValueError(
             f"need iterations >= 1 and accumulate >= 1, got {run.iterations}, {run.accumulate}"
@@ -217,6 +267,19 @@ def _check_config(config: TrainConfig, env: DistributedEnv, num_classes: int) ->
             "one image per step cannot train BatchNorm; use a larger batch_size or bn_mode 'frozen'"
         )
     return micro
+
+
+def _check_labels(dataset: SegmentationDataset, is_main: bool) -> None:
+    """Stop on label conventions that would train the wrong task (0/255 binary masks), warn about
+    classes with no pixels; a sample of the masks is read (``atrous check-data`` reads all)."""
+    report = sample_labels(dataset)
+    problems = report.label_problems()
+    fatal = [p.message for p in problems if p.fatal]
+    if fatal:
+        raise DataError("\n".join(fatal))
+    if is_main:
+        for problem in problems:
+            warnings.warn(problem.message, stacklevel=3)
 
 
 def _prepare_model(
@@ -244,235 +307,403 @@ def _prepare_model(
     return model, model
 
 
-def _describe(config: TrainConfig, env: DistributedEnv, micro: int, dataset_len: int) -> str:
-    run = config.run
-    bn = run.bn_mode
+@dataclass
+class TrainingState:
+    """Everything a checkpoint restores: weights, optimizer, schedule, scaler and RNG, the
+    position, the best score so far, and whether a validation is owed (a run stopped at a
+    validation iteration before validating)."""
+
+    model: DeepLab
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    iteration: int = 0
+    best_miou: float = -1.0
+    best_class_iou: list[float | None] | None = None
+    validation_due: bool = False
+
+    @classmethod
+    def create(cls, model: DeepLab, config: TrainConfig, device: torch.device) -> TrainingState:
+        """A fresh state: the paper's optimizer and poly schedule, a scaler for fp16."""
+        optimizer = build_optimizer(model, config.optim)
+        optim = config.optim
+        factor = poly_schedule(config.run.iterations, optim.poly_power, optim.warmup_iters)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scaler = torch.amp.GradScaler(device.type, enabled=config.run.precision == "fp16")
+        return cls(model, optimizer, scheduler, scaler)
+
+    def to_checkpoint(self, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "best_miou": self.best_miou,
+            "best_class_iou": self.best_class_iou,
+            "validation_due": self.validation_due,
+            "rng": rng,
+            "config": config.to_dict(),
+        }
+
+    def restore(self, path: Path, device: torch.device) -> None:
+        """Continue from the checkpoint at ``path`` (read tensors-only)."""
+        state = load_checkpoint(path, device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.best_miou = state["iteration"], state["best_miou"]
+        self.best_class_iou = state.get("best_class_iou")
+        self.validation_due = state.get("validation_due", False)
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+
+
+@dataclass
+class Training:
+    """A run in progress: its settings, data, state, logs and where its files go."""
+
+    config: TrainConfig
+    env: DistributedEnv
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
+    micro: int  # images per process and micro-step
+    net: nn.Module  # the model as trained: DistributedDataParallel under torchrun
+    state: TrainingState
+    log: RunLog
+    scores: SegmentationScores | None = None  # of the latest validation
+    last_saved: float = field(default_factory=time.monotonic)
+    tick: float = field(default_factory=time.perf_counter)  # start of the logged interval
+    images_seen: int = 0  # images since ``tick``
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.run.output_dir)
+
+    @property
+    def last_path(self) -> Path:
+        return self.output_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.output_dir / "best.pt"
+
+    @property
+    def end(self) -> int:
+        """The iteration this invocation stops at (``run.stop_after`` or the last)."""
+        run = self.config.run
+        return run.iterations if run.stop_after is None else min(run.iterations, run.stop_after)
+
+
+def _describe(run: Training) -> str:
+    config, env, micro = run.config, run.env, run.micro
+    bn = config.run.bn_mode
     if env.distributed and bn == "train":
         bn = "SyncBN" if env.sync_bn else "per-process BN (SyncBN needs CUDA)"
     return (
         f"training {config.model.backbone} "
         f"({'DeepLabV3+' if config.model.decoder else 'DeepLabV3'},"
-        f" OS{config.model.output_stride}) on {dataset_len} images of {config.data.dataset} | "
-        f"{env.world_size} process(es) on {env.device.type} × {micro} images × {run.accumulate} "
-        f"accumulation = global batch {run.batch_size} | BN: {bn} | {run.precision}"
+        f" OS{config.model.output_stride}) on {len(run.train_set)} images of "
+        f"{config.data.dataset} | {env.world_size} process(es) on {env.device.type} × {micro} "
+        f"images × {config.run.accumulate} accumulation = global batch {config.run.batch_size} | "
+        f"BN: {bn} | {config.run.precision}"
+    )
+
+
+def _prepare_output(config: TrainConfig, env: DistributedEnv, fresh: bool) -> RunLog:
+    """Rank 0: the output folder, a fresh run's logs cleared, the resolved ``config.yaml``."""
+    output_dir = Path(config.run.output_dir)
+    if env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:  # drop the logs of any earlier run
+            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return RunLog(output_dir, env.is_main)
+
+
+def _announce(run: Training) -> None:
+    """Rank 0 prints what is being trained, warns about small BN batches, says if resuming."""
+    if not run.env.is_main:
+        return
+    print(_describe(run))
+    bn_batch = run.micro * run.env.world_size if run.env.sync_bn else run.micro
+    if run.config.run.bn_mode == "train" and bn_batch < SMALL_BN_BATCH:
+        warnings.warn(
+            f"BatchNorm trains on statistics of {bn_batch} images (paper: 16); "
+            "consider a larger batch, SyncBN across GPUs, or bn_mode 'frozen'",
+            stacklevel=3,
+        )
+    if run.state.iteration:
+        print(f"resuming from {run.last_path} at iteration {run.state.iteration}")
+
+
+def _start(config: TrainConfig, env: DistributedEnv) -> Training:
+    """Read the data, check settings and labels, build or resume the model and optimizer."""
+    train_set = build_dataset(config.data, "train")
+    val_set = build_dataset(config.data, "val")
+    config = _with_dataset_classes(config, train_set.num_classes)
+    micro = _check_config(config, env)
+    _check_labels(train_set, env.is_main)
+    last_path = Path(config.run.output_dir) / "last.pt"
+    resuming = config.run.resume and last_path.is_file()
+    model, net = _prepare_model(config, env, resuming)
+    state = TrainingState.create(model, config, env.device)
+    if resuming:
+        state.restore(last_path, env.device)
+    log = _prepare_output(config, env, fresh=state.iteration == 0)
+    run = Training(config, env, train_set, val_set, micro, net, state, log)
+    _announce(run)
+    return run
+
+
+def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Micro-batches from the run's position on: each epoch a seeded order, cut to whole steps,
+    so a resumed run sees exactly the samples (and augmentations) an uninterrupted one would."""
+    config, env = run.config, run.env
+    data = config.data
+    transform = training_transform(
+        data.crop_size,
+        config.model.mean,
+        config.model.std,
+        (data.scale_min, data.scale_max),
+        data.scale_step,
+        data.flip,
+        data.color_jitter,
+        run.train_set.ignore_index,
+    )
+    samples = AugmentedSamples(run.train_set, transform, config.run.seed)
+    sampler = EpochSampler(len(samples), run.micro, env.world_size, env.rank, config.run.seed)
+    accumulate = config.run.accumulate
+    steps_per_epoch = sampler.batches_per_epoch // accumulate
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{len(samples)} training images give no full step of {config.run.batch_size} images"
+        )
+    loader_options = {
+        "batch_size": run.micro,
+        "sampler": sampler,
+        "num_workers": data.workers,
+        "pin_memory": env.device.type == "cuda",
+        "drop_last": True,
+        "worker_init_fn": ignore_stop_signals if data.workers else None,
+        # Its own generator: creating an iterator must not draw from the global RNG, whose
+        # state (dropout) is checkpointed and must replay identically after a resume.
+        "generator": torch.Generator().manual_seed(config.run.seed),
+    }
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, step = divmod(run.state.iteration, steps_per_epoch)
+        while True:
+            sampler.set_position(epoch, step * accumulate)
+            loader = DataLoader(samples, **loader_options)
+            yield from itertools.islice(loader, (steps_per_epoch - step) * accumulate)
+            epoch, step = epoch + 1, 0
+
+    return batches()
+
+
+def _train_mode(run: Training) -> None:
+    run.net.train()
+    if run.config.run.bn_mode == "frozen":
+        freeze_bn_statistics(run.state.model)
+
+
+def _step(
+    run: Training, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[float, float]:
+    """One optimizer step over ``accumulate`` micro-batches; returns the mean loss and the
+    learning rate the step used."""
+    config, env, state = run.config.run, run.env, run.state
+    state.optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for micro_step in range(config.accumulate):
+        images, masks = next(batches)
+        images = images.to(env.device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        masks = masks.to(env.device, non_blocking=True)
+        sync = micro_step == config.accumulate - 1 or not env.distributed
+        no_sync = contextlib.nullcontext() if sync else run.net.no_sync()
+        with no_sync, autocast(env.device, config.precision):
+            loss = segmentation_loss(run.net(images), masks, run.train_set.ignore_index)
+        state.scaler.scale(loss / config.accumulate).backward()
+        loss_sum += loss.item() / config.accumulate
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"loss became {loss_sum} at iteration {state.iteration}")
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.scheduler.step()
+    state.iteration += 1
+    return loss_sum, lr
+
+
+def _log_step(run: Training, loss: float, lr: float, bar: tqdm) -> None:
+    """Progress bar every step; loss, learning rate and images/s every ``log_every``."""
+    iteration, config = run.state.iteration, run.config.run
+    run.images_seen += config.batch_size
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+    if iteration % config.log_every == 0 or iteration == run.end:
+        elapsed = time.perf_counter() - run.tick
+        run.log.write(
+            {
+                "iteration": iteration,
+                "loss": loss,
+                "lr": lr,
+                "images_per_s": run.images_seen / max(elapsed, 1e-9),
+            }
+        )
+        run.tick, run.images_seen = time.perf_counter(), 0
+
+
+def _validate(run: Training) -> None:
+    """Score the validation split; rank 0 keeps ``best.pt`` of the best mIoU so far."""
+    config, env, state = run.config, run.env, run.state
+    confusion = evaluate_dataset(
+        state.model,
+        run.val_set,
+        config.model.mean,
+        config.model.std,
+        env,
+        config.run.precision,
+        config.run.progress,
+    )
+    run.scores = scores = confusion.scores()
+    state.validation_due = False
+    run.log.write(
+        {
+            "iteration": state.iteration,
+            "val_miou": scores.mean_iou,
+            "val_pixel_accuracy": scores.pixel_accuracy,
+        }
+    )
+    if env.is_main:
+        print(f"iteration {state.iteration}: validation mIoU {scores.mean_iou:.4f}")
+        if scores.mean_iou > state.best_miou:
+            state.best_miou = scores.mean_iou
+            state.best_class_iou = [None if math.isnan(v) else float(v) for v in scores.iou]
+            save_checkpoint(state.to_checkpoint(config, env.device), run.best_path)
+    _train_mode(run)
+
+
+def _validation_due(run: Training) -> bool:
+    iteration, config = run.state.iteration, run.config.run
+    return bool(config.val_every and iteration % config.val_every == 0) or (
+        iteration == config.iterations
+    )
+
+
+def _checkpoint_due(run: Training) -> bool:
+    """At the invocation's end, every ``checkpoint_every`` steps, after ``checkpoint_minutes``."""
+    iteration, config = run.state.iteration, run.config.run
+    if iteration == run.end:
+        return True
+    if config.checkpoint_every and iteration % config.checkpoint_every == 0:
+        return True
+    elapsed = time.monotonic() - run.last_saved
+    return 0 < config.checkpoint_minutes * 60 <= elapsed
+
+
+def _save_last(run: Training) -> None:
+    """Rank 0 writes ``last.pt`` atomically (a kill mid-write leaves the previous one)."""
+    if run.env.is_main:
+        save_checkpoint(run.state.to_checkpoint(run.config, run.env.device), run.last_path)
+    run.last_saved = time.monotonic()
+
+
+def _train_until_end(run: Training, signals: StopSignals) -> str | None:
+    """Take steps to the invocation's end, validating and checkpointing on schedule. Returns why
+    it stopped early (a signal's name), or None when it reached the end."""
+    state, env = run.state, run.env
+    if state.validation_due:  # the run stopped before a scheduled validation
+        _validate(run)
+    _train_mode(run)
+    batches = _training_batches(run)
+    show = run.config.run.progress and env.is_main
+    with tqdm(
+        total=run.end, initial=state.iteration, disable=not show, desc="train", dynamic_ncols=True
+    ) as bar:
+        while state.iteration < run.end:
+            loss, lr = _step(run, batches)
+            _log_step(run, loss, lr, bar)
+            due = _validation_due(run)
+            stop = agree_to_stop(signals.received is not None, env.device)
+            if due and not stop:
+                _validate(run)
+                stop = agree_to_stop(signals.received is not None, env.device)
+            else:
+                state.validation_due = due  # owed by a run stopping now: done on resume
+            if stop or due or _checkpoint_due(run):
+                _save_last(run)
+            if stop:
+                return signals.received or "a signal to another process"
+    return None
+
+
+def _save_best_model(run: Training) -> None:
+    """The best weights (the last if validation never scored) as a model folder: safetensors +
+    config.json with the classes and colours, a model card with the training summary."""
+    config, env, state = run.config, run.env, run.state
+    plot_curves(run.output_dir / "metrics.jsonl", run.output_dir / "curves.png")
+    best = build_model(config.model)
+    best.load_state_dict(
+        load_checkpoint(run.best_path)["model"]
+        if run.best_path.is_file()
+        else state.model.state_dict()
+    )
+    best.to(env.device)
+    scored = state.best_miou >= 0  # validation ran at least once
+    summary = TrainingSummary(
+        dataset=config.data.dataset,
+        train_images=len(run.train_set),
+        iterations=config.run.iterations,
+        batch_size=config.run.batch_size,
+        crop_size=config.data.crop_size,
+        optimizer=config.optim.optimizer,
+        learning_rate=config.optim.lr,
+        precision=config.run.precision,
+        val_split=config.data.val_split if scored else None,
+        val_images=len(run.val_set) if scored else None,
+        val_miou=state.best_miou if scored else None,
+        class_iou=tuple(state.best_class_iou) if state.best_class_iou is not None else None,
+        latency_ms=measure_latency(best, (config.data.crop_size,) * 2, env.device),
+        latency_device=describe_device(env.device),
+    )
+    best.cpu().save_pretrained(
+        run.output_dir / "model",
+        class_names=run.train_set.classes,
+        palette=run.train_set.palette,
+        training=summary,
     )
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Run (or resume) the training that ``config`` describes; return where it ended."""
+    """Run (or resume) the training that ``config`` describes; return where it ended.
+
+    Raises :class:`TrainingPreempted` when a stop signal ended it early (``last.pt`` written).
+    """
     env = init_distributed(config.run.device)
     try:
-        return _train(config, env)
+        run = _start(config, env)
+        try:
+            with StopSignals() as signals:
+                stopped = _train_until_end(run, signals)
+        finally:
+            run.log.close()
+        state = run.state
+        if stopped is not None:
+            if env.distributed:
+                stopped += f" (seen by rank {env.rank} of {env.world_size})"
+            raise TrainingPreempted(stopped, state.iteration, run.last_path, config.run.resume)
+        if env.is_main and state.iteration == config.run.iterations:
+            _save_best_model(run)
+        return TrainResult(run.output_dir, state.iteration, state.best_miou, run.scores)
     finally:
         shutdown_distributed()
-
-
-def _train(config: TrainConfig, env: DistributedEnv) -> TrainResult:
-    run = config.run
-    output_dir = Path(run.output_dir)
-    train_set = build_dataset(config.data, "train")
-    val_set = build_dataset(config.data, "val")
-    micro = _check_config(config, env, train_set.num_classes)
-    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
-    resuming = run.resume and last_path.is_file()
-    model, net = _prepare_model(config, env, resuming)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_schedule(run.iterations, config.optim.poly_power, config.optim.warmup_iters)
-    )
-    scaler = torch.amp.GradScaler(env.device.type, enabled=run.precision == "fp16")
-
-    start, best_miou, best_class_iou = 0, -1.0, None
-    if resuming:
-        state = load_checkpoint(last_path, env.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, best_miou = state["iteration"], state["best_miou"]
-        best_class_iou = state.get("best_class_iou")
-        torch.set_rng_state(state["rng"]["torch"])
-        if env.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-    if env.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if start == 0:  # a fresh run: drop the logs of any earlier one
-            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        print(_describe(config, env, micro, len(train_set)))
-        bn_batch = micro * env.world_size if env.sync_bn else micro
-        if run.bn_mode == "train" and bn_batch < SMALL_BN_BATCH:
-            warnings.warn(
-                f"BatchNorm trains on statistics of {bn_batch} images (paper: 16); "
-                "consider a larger batch, SyncBN across GPUs, or bn_mode 'frozen'",
-                stacklevel=2,
-            )
-        if start:
-            print(f"resuming from {last_path} at iteration {start}")
-    log = RunLog(output_dir, env.is_main)
-
-    transform = training_transform(
-        config.data.crop_size,
-        config.model.mean,
-        config.model.std,
-        (config.data.scale_min, config.data.scale_max),
-        config.data.scale_step,
-        config.data.flip,
-        config.data.color_jitter,
-        train_set.ignore_index,
-    )
-    samples = AugmentedSamples(train_set, transform, run.seed)
-    sampler = EpochSampler(len(train_set), micro, env.world_size, env.rank, run.seed)
-    loader_kwargs = {
-        "batch_size": micro,
-        "sampler": sampler,
-        "num_workers": config.data.workers,
-        "pin_memory": env.device.type == "cuda",
-        "drop_last": True,
-        # Its own generator: creating an iterator must not draw from the global RNG, whose
-        # state (dropout) is checkpointed and must replay identically after a resume.
-        "generator": torch.Generator().manual_seed(run.seed),
-    }
-    steps_per_epoch = sampler.batches_per_epoch // run.accumulate
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{len(train_set)} training images give no full step of {run.batch_size} images"
-        )
-    end = run.iterations if run.stop_after is None else min(run.iterations, run.stop_after)
-
-    def checkpoint(iteration: int) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if env.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iteration": iteration,
-            "best_miou": best_miou,
-            "best_class_iou": best_class_iou,
-            "rng": rng,
-            "config": config.to_dict(),
-        }
-
-    def validate(iteration: int) -> SegmentationScores:
-        nonlocal best_miou, best_class_iou
-        confusion = evaluate_dataset(
-            model, val_set, config.model.mean, config.model.std, env, run.precision, run.progress
-        )
-        scores = confusion.scores()
-        log.write(
-            {
-                "iteration": iteration,
-                "val_miou": scores.mean_iou,
-                "val_pixel_accuracy": scores.pixel_accuracy,
-            }
-        )
-        if env.is_main:
-            print(f"iteration {iteration}: validation mIoU {scores.mean_iou:.4f}")
-            if scores.mean_iou > best_miou:
-                best_miou = scores.mean_iou
-                best_class_iou = [None if math.isnan(v) else float(v) for v in scores.iou]
-                save_checkpoint(checkpoint(iteration), best_path)
-        return scores
-
-    net.train()
-    if run.bn_mode == "frozen":
-        freeze_bn_statistics(model)
-    bar = tqdm(
-        total=end,
-        initial=start,
-        disable=not (run.progress and env.is_main),
-        desc="train",
-        dynamic_ncols=True,
-    )
-    scores = None
-    iteration = start
-    batches = iter(())
-    tick, images_seen = time.perf_counter(), 0
-    while iteration < end:
-        epoch, step_in_epoch = divmod(iteration, steps_per_epoch)
-        if step_in_epoch == 0 or iteration == start:
-            sampler.set_position(epoch, step_in_epoch * run.accumulate)
-            batches = iter(DataLoader(samples, **loader_kwargs))
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for micro_step in range(run.accumulate):
-            images, masks = next(batches)
-            images = images.to(env.device, non_blocking=True)
-            if run.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            masks = masks.to(env.device, non_blocking=True)
-            sync = micro_step == run.accumulate - 1 or not env.distributed
-            no_sync = contextlib.nullcontext() if sync else net.no_sync()
-            with no_sync, autocast(env.device, run.precision):
-                loss = segmentation_loss(net(images), masks, train_set.ignore_index)
-            scaler.scale(loss / run.accumulate).backward()
-            loss_sum += loss.item() / run.accumulate
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"loss became {loss_sum} at iteration {iteration}")
-        scaler.step(optimizer)
-        scaler.update()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        iteration += 1
-        images_seen += run.batch_size
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
-        if iteration % run.log_every == 0 or iteration == end:
-            elapsed = time.perf_counter() - tick
-            log.write(
-                {
-                    "iteration": iteration,
-                    "loss": loss_sum,
-                    "lr": lr,
-                    "images_per_s": images_seen / max(elapsed, 1e-9),
-                }
-            )
-            tick, images_seen = time.perf_counter(), 0
-        validate_now = run.val_every and iteration % run.val_every == 0
-        if validate_now or iteration == run.iterations:
-            scores = validate(iteration)
-            net.train()
-            if run.bn_mode == "frozen":
-                freeze_bn_statistics(model)
-        if env.is_main and (validate_now or iteration == end):
-            save_checkpoint(checkpoint(iteration), last_path)
-        barrier()
-    bar.close()
-    log.close()
-    if env.is_main and iteration == run.iterations:
-        plot_curves(output_dir / "metrics.jsonl", output_dir / "curves.png")
-        # The best weights (the last if validation never scored) as a model folder: safetensors
-        # + config.json with the dataset's class names and colours, for atrous.load_model.
-        best = build_model(config.model)
-        best.load_state_dict(
-            load_checkpoint(best_path)["model"] if best_path.is_file() else model.state_dict()
-        )
-        best.to(env.device)
-        scored = best_miou >= 0  # validation ran at least once
-        summary = TrainingSummary(
-            dataset=config.data.dataset,
-            train_images=len(train_set),
-            iterations=run.iterations,
-            batch_size=run.batch_size,
-            crop_size=config.data.crop_size,
-            optimizer=config.optim.optimizer,
-            learning_rate=config.optim.lr,
-            precision=run.precision,
-            val_split=config.data.val_split if scored else None,
-            val_images=len(val_set) if scored else None,
-            val_miou=best_miou if scored else None,
-            class_iou=tuple(best_class_iou) if best_class_iou is not None else None,
-            latency_ms=measure_latency(best, (config.data.crop_size,) * 2, env.device),
-            latency_device=describe_device(env.device),
-        )
-        best.cpu().save_pretrained(
-            output_dir / "model",
-            class_names=train_set.classes,
-            palette=train_set.palette,
-            training=summary,
-        )
-    return TrainResult(output_dir, iteration, best_miou, scores)

@@ -35,9 +35,13 @@ def register(name: str, config: ModelConfig) -> None:
     _REGISTRY[name] = config
 
 
+#: Classes of a named configuration unless overridden: PASCAL VOC's 21, as the paper's models.
+DEFAULT_NUM_CLASSES = 21
+
 for _backbone, _defaults in _BACKBONE_DEFAULTS.items():
-    register(f"deeplabv3plus_{_backbone}", ModelConfig(backbone=_backbone, **_defaults))
-    register(f"deeplabv3_{_backbone}", ModelConfig(backbone=_backbone, decoder=False, **_defaults))
+    _base = ModelConfig(backbone=_backbone, num_classes=DEFAULT_NUM_CLASSES, **_defaults)
+    register(f"deeplabv3plus_{_backbone}", _base)
+    register(f"deeplabv3_{_backbone}", _base.replace(decoder=False))
 
 
 def list_models() -> list[str]:

@@ -65,6 +65,10 @@ class SegmentationDataset(Dataset, abc.ABC):
     def name(self, index: int) -> str:
         """The sample's file name (or id), for messages."""
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """The (H, W) mask alone (readers of files skip decoding the image)."""
+        return self.load(index)[1]
+
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image, mask = self.load(index)
         check_pair(image, mask, self.num_classes, self.ignore_index, self.name(index))
@@ -95,8 +99,11 @@ class FilePairs(SegmentationDataset):
         return raw
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, mask_path = self.pairs[index]
-        return read_image(image_path), self.map_labels(read_mask(mask_path), mask_path)
+        return read_image(self.pairs[index][0]), self.load_mask(index)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        mask_path = self.pairs[index][1]
+        return self.map_labels(read_mask(mask_path), mask_path)
 
 
 def require_dir(path: Path, what: str) -> Path:

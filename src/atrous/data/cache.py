@@ -66,6 +66,10 @@ class DecodedCache(SegmentationDataset):
     def name(self, index: int) -> str:
         return self.dataset.name(index)
 
+    def load_mask(self, index: int) -> np.ndarray:
+        mask_path = self.folder / f"{index:07d}.mask.npy"
+        return np.load(mask_path) if mask_path.is_file() else self.dataset.load_mask(index)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path = self.folder / f"{index:07d}.image.npy"
         mask_path = self.folder / f"{index:07d}.mask.npy"

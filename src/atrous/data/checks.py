@@ -1,4 +1,5 @@
-"""Checking a whole dataset before training: every pair readable and valid, class frequencies."""
+"""Checking a dataset before training: every pair readable and valid, class frequencies, and the
+label conventions that would train the wrong task without an error (0/255 binary masks)."""
 
 from __future__ import annotations
 
@@ -10,35 +11,122 @@ from tqdm import tqdm
 from atrous.data.base import SegmentationDataset, check_pair
 from atrous.data.io import DataError
 
+#: Masks read at training start-up (evenly spaced over the split) to catch label conventions.
+LABEL_SAMPLE = 256
+
+
+@dataclass(frozen=True)
+class LabelProblem:
+    """Something about the labels that a user must hear; ``fatal``: training would learn the
+    wrong task (``atrous check-data`` exits non-zero, training does not start)."""
+
+    message: str
+    fatal: bool
+
 
 @dataclass
 class DataReport:
-    """Per-class pixel counts and one message per bad sample."""
+    """Per-class pixel counts, the mask values seen, and one message per bad sample."""
 
     classes: tuple[str, ...]
     pixels: np.ndarray
+    ignore_index: int = 255
     ignored: int = 0
     samples: int = 0
     errors: list[str] = field(default_factory=list)
+    values: set[int] = field(default_factory=set)  # distinct mask values, valid or not
+    masks_read: int = 0
+    split_size: int = 0  # samples in the split (masks_read < split_size: a sample was read)
 
     @property
     def frequencies(self) -> np.ndarray:
         total = self.pixels.sum()
         return self.pixels / total if total else self.pixels.astype(float)
 
+    def add_mask(self, mask: np.ndarray) -> None:
+        """Count one mask's values (labels outside the classes count only as values seen)."""
+        self.masks_read += 1
+        values, counts = np.unique(mask, return_counts=True)
+        self.values.update(int(v) for v in values)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            if value == self.ignore_index:
+                self.ignored += count
+            elif 0 <= value < len(self.classes):
+                self.pixels[value] += count
+
+    def label_problems(self) -> list[LabelProblem]:
+        """Binary masks read the wrong way (fatal) and classes that never occur (warnings)."""
+        problems = []
+        names, ignore = self.classes, self.ignore_index
+        if self.values == {0, ignore}:
+            problems.append(
+                LabelProblem(
+                    f"every mask holds only 0 and {ignore}, and {ignore} is the ignore label: "
+                    "these look like binary masks whose foreground would be ignored, so a model "
+                    f"would learn {names[0]!r} everywhere. Store the foreground as class 1 (numpy: "
+                    f"np.where(mask == {ignore}, 1, 0).astype(np.uint8)) and name both classes, "
+                    f"e.g. names: [background, {names[-1] if len(names) > 1 else 'object'}]",
+                    fatal=True,
+                )
+            )
+        elif len(names) == 1 and self.values == {0, 1}:
+            problems.append(
+                LabelProblem(
+                    f"masks hold 0 and 1 but one class is named ({names[0]!r}): 0 is a class "
+                    f"too; name both, e.g. names: [background, {names[0]}]",
+                    fatal=True,
+                )
+            )
+        where = "the split" if self.masks_read >= self.split_size else (
+            f"the {self.masks_read} masks sampled of {self.split_size}"
+        )
+        for index in np.flatnonzero(self.pixels == 0) if self.masks_read else ():
+            problems.append(
+                LabelProblem(
+                    f"class {index} {names[index]!r} has no pixels in {where}: check that its "
+                    f"masks use the value {index} (class names are listed in index order) or "
+                    "that the class belongs in the list",
+                    fatal=False,
+                )
+            )
+        return problems
+
+
+def _empty_report(dataset: SegmentationDataset) -> DataReport:
+    return DataReport(
+        dataset.classes,
+        np.zeros(dataset.num_classes, dtype=np.int64),
+        ignore_index=dataset.ignore_index,
+        split_size=len(dataset),
+    )
+
 
 def check_dataset(dataset: SegmentationDataset, progress: bool = True) -> DataReport:
     """Load and check every sample; collect errors instead of stopping at the first."""
-    report = DataReport(dataset.classes, np.zeros(dataset.num_classes, dtype=np.int64))
+    report = _empty_report(dataset)
     for index in tqdm(range(len(dataset)), desc="check", disable=not progress, leave=False):
         try:
             image, mask = dataset.load(index)
+        except DataError as error:
+            report.errors.append(str(error))
+            continue
+        report.add_mask(mask)
+        try:
             check_pair(image, mask, dataset.num_classes, dataset.ignore_index, dataset.name(index))
         except DataError as error:
             report.errors.append(str(error))
             continue
         report.samples += 1
-        ignored = mask == dataset.ignore_index
-        report.ignored += int(ignored.sum())
-        report.pixels += np.bincount(mask[~ignored].ravel(), minlength=dataset.num_classes)
+    return report
+
+
+def sample_labels(dataset: SegmentationDataset, limit: int = LABEL_SAMPLE) -> DataReport:
+    """The masks of up to ``limit`` samples spread evenly over the dataset (masks only, no
+    images: seconds even for large datasets). Unreadable masks are left to training to report."""
+    report = _empty_report(dataset)
+    for index in np.linspace(0, len(dataset) - 1, min(limit, len(dataset)), dtype=int):
+        try:
+            report.add_mask(dataset.load_mask(int(index)))
+        except DataError:
+            continue
     return report

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.io
 
 from atrous.data.base import FilePairs, read_id_list, require_dir
-from atrous.data.io import DataError, read_image
+from atrous.data.io import DataError
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 
 
@@ -82,8 +82,8 @@ class VOCAugSegmentation(FilePairs):
             pairs.append((image, mask))
         super().__init__(pairs, f"VOC trainaug from {voc_base} and {sbd_base}")
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, mask_path = self.pairs[index]
+    def load_mask(self, index: int) -> np.ndarray:
+        mask_path = self.pairs[index][1]
         if mask_path.suffix == ".mat":
-            return read_image(image_path), read_sbd_mat(mask_path)
-        return super().load(index)
+            return read_sbd_mat(mask_path)
+        return super().load_mask(index)
