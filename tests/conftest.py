@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny training configuration and one short run of it per session."""
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,16 @@ def tiny_config(output_dir: Path, **run_changes) -> TrainConfig:
         seed=5,
     )
     return TrainConfig(model, data, optim, dataclasses.replace(run, **run_changes))
+
+
+def wait_for_steps(output_dir: Path, steps: int, timeout: float = 120) -> None:
+    """Wait until a run in another thread or process has logged ``steps`` records."""
+    path = output_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while not path.is_file() or len(path.read_text().splitlines()) < steps:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{output_dir} did not log {steps} steps")
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

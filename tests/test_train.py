@@ -1,14 +1,17 @@
 import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import tiny_config, wait_for_steps
 from safetensors.torch import save_file
 
 from atrous.checkpoint import load_checkpoint
@@ -65,15 +68,32 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     assert a["best_miou"] == b["best_miou"]
 
 
-def test_two_process_ddp_matches_one_process(tmp_path):
+def process_with_rank(marker: str, rank: int) -> int:
+    """The pid of the torchrun worker of ``rank`` whose environment carries ``marker``."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if marker.encode() in environ and f"RANK={rank}".encode() in environ:
+                return int(entry.name)
+        time.sleep(0.05)
+    raise TimeoutError(f"no process of rank {rank}")
+
+
+def test_two_process_ddp_stops_together_resumes_and_matches_one_process(tmp_path):
     """torchrun with 2 gloo processes, global batch 4 (2 each), against 1 process with batch 4.
 
+    Midway, SIGUSR1 goes to rank 1 alone: both ranks stop after the same step (rank 0 writes
+    last.pt), and the same command resumes to the single process's weights.
     BN is frozen (``bn_mode: frozen``): SyncBN needs CUDA, and per-process BN statistics would
     differ from one process's by construction. Dropout is off: each process draws its own masks.
     Scale jitter is off so every image has the same number of labelled pixels, which makes the
     average of per-process mean losses equal the single-process mean.
     """
-    base = tiny_config(tmp_path, iterations=4, val_every=4, bn_mode="frozen")
+    base = tiny_config(tmp_path, iterations=24, val_every=12, bn_mode="frozen", checkpoint_every=0)
     base = dataclasses.replace(
         base,
         model=base.model.replace(aspp_dropout=0.0),
@@ -88,27 +108,26 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         base, run=dataclasses.replace(base.run, output_dir=str(tmp_path / "two"))
     )
     config_path.write_text(yaml.safe_dump(ddp.to_dict()))
+    marker = f"ATROUS_TEST_RUN={tmp_path}"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["ATROUS_TEST_RUN"] = str(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", "29517", "-m", "atrous", "train", "--config", str(config_path)]
+    job = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    rank1 = process_with_rank(marker, 1)
+    wait_for_steps(tmp_path / "two", 3)
+    os.kill(rank1, signal.SIGUSR1)
+    stdout, stderr = job.communicate(timeout=300)
+    assert job.returncode != 0
+    stops = dict(re.findall(r"\(seen by rank (\d) of 2\) at iteration (\d+)", stdout))
+    assert stops.keys() == {"0", "1"} and stops["0"] == stops["1"], stdout + stderr[-3000:]
+    assert "preempted by SIGUSR1 (seen by rank 1 of 2)" in stdout
+    assert load_checkpoint(tmp_path / "two" / "last.pt")["iteration"] == int(stops["0"]) < 24
+
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            "-m",
-            "atrous",
-            "train",
-            "--config",
-            str(config_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
+        command, capture_output=True, text=True, env=env, timeout=300, check=False
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "2 process(es)" in completed.stdout

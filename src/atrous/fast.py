@@ -23,7 +23,8 @@ images of that size (the any-size graph measured 7% slower on R-101 at 512×512)
 ``backend="compile"`` (``torch.compile`` with frozen weights) is there for fp32/bf16: it is
 correct, but on the CPU it spends half a minute compiling per input size and gains less than
 ONNX Runtime for fp32. Each network is checked on ``example`` against the eager model: fp32 must
-agree within ``tolerance`` (max |Δlogit|, 1e-4) or :class:`FastCheckError` is raised; bf16 and
+agree within ``tolerance`` (max |Δlogit| over the logits' scale, 1e-5) or :class:`FastCheckError`
+is raised; bf16 and
 int8 agreement is recorded in ``network.report`` (their accuracy cost on a validation set is
 measured by ``benchmarks/miou.py``).
 """
@@ -50,7 +51,15 @@ from torchvision import tv_tensors
 
 from atrous.data.io import DataError, read_image
 from atrous.data.transforms import normalisation
-from atrous.export import ExportCheckError, OnnxNetwork, export_onnx
+from atrous.export import (
+    RELATIVE_TOLERANCE,
+    ExportCheckError,
+    LogitAgreement,
+    OnnxNetwork,
+    compare_logits,
+    export_onnx,
+    require_agreement,
+)
 from atrous.inference import align_input, output_stride
 from atrous.model import DeepLab
 
@@ -77,9 +86,16 @@ class FastReport:
     backend: str
     precision: str
     example_size: tuple[int, int]
-    max_abs_diff: float  # max |logit − eager logit| on the example
-    argmax_agreement: float  # share of the example's pixels where both predict the same class
+    agreement: LogitAgreement  # with the eager fp32 model on the example
     build_seconds: float
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.agreement.max_abs_diff
+
+    @property
+    def argmax_agreement(self) -> float:
+        return self.agreement.argmax_agreement
 
 
 class FastNetwork:
@@ -106,8 +122,8 @@ class FastNetwork:
     def __repr__(self) -> str:
         r = self.report
         return (
-            f"FastNetwork({r.precision} on {r.backend}: max |Δlogit| {r.max_abs_diff:.2e}, "
-            f"argmax agreement {r.argmax_agreement:.4f} at {r.example_size[0]}×{r.example_size[1]})"
+            f"FastNetwork({r.precision} on {r.backend}: {r.agreement.describe()} at "
+            f"{r.example_size[0]}×{r.example_size[1]})"
         )
 
 
@@ -302,7 +318,7 @@ def optimize_for_inference(
     precision: Precision = "fp32",
     backend: Backend = "auto",
     calibration: Sequence[np.ndarray | torch.Tensor] | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float = RELATIVE_TOLERANCE,
     workdir: str | Path | None = None,
 ) -> FastNetwork:
     """The fastest correct way to run ``model`` (a DeepLab in any mode; it is not changed).
@@ -316,7 +332,8 @@ def optimize_for_inference(
         backend: auto (see the module doc), torch, compile or onnxruntime.
         calibration: int8 only: a few of the user's images, (H, W, 3) uint8 RGB arrays or
             normalised tensors, from which activation ranges are set.
-        tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted.
+        tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted, as a share
+            of the logits' scale (:class:`~atrous.export.LogitAgreement`).
         workdir: onnxruntime only: keep the ONNX files here (``model.onnx``, ``model.int8.onnx``,
             ``model.<H>x<W>.onnx``) instead of a temporary folder; the first two are deployable like
             ``atrous export``'s, the third takes images of its size only.
@@ -347,22 +364,14 @@ def optimize_for_inference(
             torch.backends.cudnn.benchmark = True
         module = folded if backend == "torch" else torch.compile(folded, options={"freezing": True})
         run = _TorchRunner(module, device, dtype)
-    logits = run(batch)
-    difference = (logits - reference).abs().max().item()
-    agreement = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
-    if precision == "fp32" and not difference <= tolerance:
-        raise FastCheckError(
-            f"the {backend} fp32 network differs from the eager model by {difference:.3g} "
-            f"(tolerance {tolerance:g})"
-        )
-    report = FastReport(
-        backend,
-        precision,
-        tuple(batch.shape[-2:]),
-        difference,
-        agreement,
-        time.perf_counter() - start,
-    )
+    agreement = compare_logits(run(batch), reference)
+    if precision == "fp32":
+        try:
+            require_agreement(agreement, tolerance, f"the {backend} fp32 network")
+        except ExportCheckError as error:
+            raise FastCheckError(str(error)) from None
+    size = tuple(batch.shape[-2:])
+    report = FastReport(backend, precision, size, agreement, time.perf_counter() - start)
     return FastNetwork(
         run,
         report,

@@ -77,8 +77,10 @@ class DataReport:
                     fatal=True,
                 )
             )
-        where = "the split" if self.masks_read >= self.split_size else (
-            f"the {self.masks_read} masks sampled of {self.split_size}"
+        where = (
+            "the split"
+            if self.masks_read >= self.split_size
+            else (f"the {self.masks_read} masks sampled of {self.split_size}")
         )
         for index in np.flatnonzero(self.pixels == 0) if self.masks_read else ():
             problems.append(
