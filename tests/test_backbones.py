@@ -179,7 +179,7 @@ def ordered_shapes(state):
     return [tuple(v.shape) for k, v in state.items() if "num_batches_tracked" not in k]
 
 
-@pytest.mark.parametrize("variant", ["xception65", "xception71"])
+@pytest.mark.parametrize("variant", ["xception41", "xception65", "xception71"])
 def test_xception_parameters_correspond_one_to_one_with_timm(variant):
     reference = timm.create_model(variant, pretrained=False)
     theirs = {k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}

@@ -63,3 +63,15 @@ def test_serve_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # what an install without the extra sees
     assert main(["serve", "runs/no_model"]) == 2
     assert "atrous serve needs Gradio: pip install 'atrous[serve]'" in capsys.readouterr().out
+
+
+def test_binary_255_masks_fail_check_data_and_training(tmp_path, capsys):
+    from test_data import make_binary_folder
+
+    make_binary_folder(tmp_path, "[background, object]", 255)
+    assert main(["check-data", "folder", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "labels: every mask holds only 0 and 255" in out and "4 of 4 samples valid" in out
+    folder = ["--data.dataset", "folder", "--data.root", str(tmp_path), "--data.val_split", "train"]
+    assert main(["train", *folder, "--run.output_dir", str(tmp_path / "run")]) == 2
+    assert "error: every mask holds only 0 and 255" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from atrous.data import (
     build_dataset,
     read_image,
 )
-from atrous.data.checks import check_dataset
+from atrous.data.checks import check_dataset, sample_labels
 from atrous.data.palettes import CITYSCAPES_LABEL_IDS, VOC_PALETTE, voc_palette
 from atrous.visualize import palette_image
 
@@ -260,8 +260,10 @@ def test_synthetic_scenes_are_deterministic_and_varied():
 
 
 def test_synthetic_colour_alone_is_not_enough():
-    """The best per-pixel colour classifier (majority class of each quantised RGB colour, fitted
-    on half the pixels) stays far below what shape and context give (the demo model: ~0.8)."""
+    """A per-pixel colour lookup (majority class of each quantised RGB colour, fitted on half the
+    pixels) stays far below what shape and context give. The strongest colour-only classifier
+    we built, benchmarks/colour_baseline.py (boosted trees on RGB/HSV/Lab), is the README's
+    baseline."""
     data = SyntheticScenes(100, 64, seed=0)
     pixels, labels = [], []
     for i in range(100):
@@ -320,3 +322,37 @@ def test_decoded_cache_reads_back_the_same_pairs_without_decoding(tmp_path, monk
     assert (refreshed[0][1] == 0).all()
     built = build_dataset(DataConfig(synthetic_train=3, cache_dir=str(tmp_path / "c2")), "train")
     assert isinstance(built, DecodedCache) and len(built) == 3
+
+
+def make_binary_folder(root: Path, names: str, foreground: int, count: int = 4) -> None:
+    """Masks of 0 and ``foreground`` (a square on background), as users' binary tools write."""
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(f"names: {names}\n")
+    for i in range(count):
+        write_rgb(root / "images" / "train" / f"b{i}.png", random_image(rng, 16, 16))
+        mask = np.zeros((16, 16), dtype=np.uint8)
+        mask[4:12, 4:12] = foreground
+        (root / "masks" / "train").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask, mode="L").save(root / "masks" / "train" / f"b{i}.png")
+
+
+def test_label_checks_flag_binary_masks_and_empty_classes(tmp_path):
+    make_binary_folder(tmp_path / "255", "[background, object]", 255)
+    report = check_dataset(FolderDataset(tmp_path / "255", "train"), progress=False)
+    assert not report.errors  # every pair is valid: the problem is what the values mean
+    (problem,) = [p for p in report.label_problems() if p.fatal]
+    assert "only 0 and 255, and 255 is the ignore label" in problem.message
+    assert "np.where(mask == 255, 1, 0)" in problem.message
+
+    make_binary_folder(tmp_path / "one", "[object]", 1)
+    problems = check_dataset(FolderDataset(tmp_path / "one", "train"), progress=False)
+    assert "name both, e.g. names: [background, object]" in problems.label_problems()[0].message
+
+    make_binary_folder(tmp_path / "fine", "[background, object, extra]", 1)
+    report = sample_labels(FolderDataset(tmp_path / "fine", "train"))
+    (problem,) = report.label_problems()
+    assert not problem.fatal and "class 2 'extra' has no pixels in the split" in problem.message
+    sampled = sample_labels(FolderDataset(tmp_path / "fine", "train"), limit=2)
+    assert sampled.masks_read == 2
+    assert "in the 2 masks sampled of 4" in sampled.label_problems()[0].message

@@ -161,6 +161,15 @@ def test_bad_settings_fail_before_training(tmp_path):
         train(tiny_config(tmp_path, batch_size=1))
 
 
+def test_the_class_count_defaults_to_the_datasets(tmp_path):
+    config = tiny_config(tmp_path, iterations=2, val_every=0)
+    config = dataclasses.replace(config, model=config.model.replace(num_classes=None))
+    train(config)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["model"]["num_classes"] == 6
+    assert load_model(tmp_path / "model").num_classes == 6
+
+
 def test_recipes_parse_and_build(tmp_path):
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         config = TrainConfig.from_dict(yaml.safe_load(path.read_text()))

@@ -48,6 +48,7 @@ def demo_config(output_dir: str = "runs/demo") -> TrainConfig:
             precision="bf16",
             channels_last=True,
             val_every=1000,
+            checkpoint_every=500,
             log_every=20,
             output_dir=output_dir,
             resume=False,

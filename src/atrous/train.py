@@ -154,8 +154,7 @@ class TrainingPreempted(RuntimeError):
         again = (
             "run the same command again to resume there"
             if resumable
-            else "run.resume is false, so a new start would begin again; resume with "
-            "--run.resume true"
+            else "this run has run.resume false, so running it again starts over"
         )
         super().__init__(
             f"preempted by {reason} at iteration {iteration}: {checkpoint} written; {again} "

@@ -22,6 +22,7 @@ _BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "resnet101": {},
     "resnet50_beta": {},
     "resnet101_beta": {},
+    "xception41": {"separable": True},
     "xception65": {"separable": True},
     "xception71": {"separable": True},
     "mobilenetv2": {"separable": True, "aspp_rates": ()},

@@ -40,7 +40,7 @@ TORCHVISION_WEIGHTS: dict[str, type[WeightsEnum]] = {
     "mobilenetv2": MobileNet_V2_Weights,
 }
 #: timm models whose ImageNet weights map one to one into our Xception.
-TIMM_MODELS = {"xception65": "xception65", "xception71": "xception71"}
+TIMM_MODELS = {"xception41": "xception41", "xception65": "xception65", "xception71": "xception71"}
 #: timm's port of the official TensorFlow ImageNet checkpoint.
 DEFAULT_TIMM_TAG = "tf_in1k"
 #: Suffixes that mark a string as a file rather than a weights name.
@@ -65,7 +65,7 @@ def load_backbone_weights(backbone: Backbone, name: str, weights: BackboneWeight
 
     ``weights`` is one of: a torchvision weights enum or name (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
     ``"ResNet101_Weights.IMAGENET1K_V2"``) for ``resnet50``/``resnet101``/``mobilenetv2``; a timm
-    pretrained tag (``"tf_in1k"``, ``"DEFAULT"``) for ``xception65``/``xception71``; a local
+    pretrained tag (``"tf_in1k"``, ``"DEFAULT"``) for the Xceptions (41, 65, 71); a local
     ``.safetensors`` file, or ``.pth``/``.pt``/``.bin`` read with ``weights_only=True``; or a state
     dict. Files and state dicts may be in the source library's names or ours. Every backbone
     tensor must load: anything else is a ValueError listing the first mismatches.

@@ -1,4 +1,4 @@
-"""Modified aligned Xception-65/71 (paper §3.2, Fig. 4; official ``core/xception.py``).
+"""Modified aligned Xception-41/65/71 (paper §3.2, Fig. 4; official ``core/xception.py``).
 
 Changes from Xception that the paper makes: a deeper middle flow (16 units), every max pooling
 replaced by a strided separable conv (so atrous conv can replace it at any output stride), and BN
@@ -6,8 +6,9 @@ after every depthwise conv. As in the official code, entry- and middle-flow unit
 *before* each separable conv (ReLU → depthwise → BN → pointwise → BN), and only the last exit unit
 puts the ReLUs inside (depthwise → BN → ReLU → pointwise → BN → ReLU). BN eps is 1e-3.
 
-Module order and parameter shapes follow timm's ``xception65``/``xception71`` (ports of the
-official ImageNet checkpoints) one to one, so their weights can be mapped in.
+Module order and parameter shapes follow timm's ``xception41``/``xception65``/``xception71`` (ports
+of the official ImageNet checkpoints) one to one, so their weights can be mapped in. The variants
+differ in the entry flow (X-71: five blocks) and the middle flow's length (X-41: 8 units, else 16).
 """
 
 from __future__ import annotations
@@ -44,15 +45,20 @@ def _flow(in_channels: int, widths: Sequence[int], strides: Sequence[int]) -> li
     return specs
 
 
-_MIDDLE_AND_EXIT = [
-    *[UnitSpec(728, (728, 728, 728), 1)] * 16,
-    UnitSpec(728, (728, 1024, 1024), 2),
-    UnitSpec(1024, (1536, 1536, 2048), 1, skip=False, relu_inside=True),
-]
+def _middle_and_exit(middle_units: int) -> list[UnitSpec]:
+    return [
+        *[UnitSpec(728, (728, 728, 728), 1)] * middle_units,
+        UnitSpec(728, (728, 1024, 1024), 2),
+        UnitSpec(1024, (1536, 1536, 2048), 1, skip=False, relu_inside=True),
+    ]
+
+
+_ENTRY = _flow(64, (128, 256, 728), (2, 2, 2))
 #: Units of each variant; the second entry is the index of the unit holding the low-level tap.
 VARIANTS: dict[str, tuple[list[UnitSpec], int]] = {
-    "xception65": (_flow(64, (128, 256, 728), (2, 2, 2)) + _MIDDLE_AND_EXIT, 1),
-    "xception71": (_flow(64, (128, 256, 256, 728, 728), (2, 1, 2, 1, 2)) + _MIDDLE_AND_EXIT, 2),
+    "xception41": (_ENTRY + _middle_and_exit(8), 1),
+    "xception65": (_ENTRY + _middle_and_exit(16), 1),
+    "xception71": (_flow(64, (128, 256, 256, 728, 728), (2, 1, 2, 1, 2)) + _middle_and_exit(16), 2),
 }
 
 

@@ -44,7 +44,7 @@ class DataReport:
         return self.pixels / total if total else self.pixels.astype(float)
 
     def add_mask(self, mask: np.ndarray) -> None:
-        """Count one mask's values (labels outside the classes count only as values seen)."""
+        """Count one mask's pixels per class (values outside the classes: only as seen)."""
         self.masks_read += 1
         values, counts = np.unique(mask, return_counts=True)
         self.values.update(int(v) for v in values)
@@ -112,12 +112,13 @@ def check_dataset(dataset: SegmentationDataset, progress: bool = True) -> DataRe
         except DataError as error:
             report.errors.append(str(error))
             continue
-        report.add_mask(mask)
         try:
             check_pair(image, mask, dataset.num_classes, dataset.ignore_index, dataset.name(index))
         except DataError as error:
             report.errors.append(str(error))
+            report.values.update(np.unique(mask).tolist())  # its values still tell a convention
             continue
+        report.add_mask(mask)
         report.samples += 1
     return report
 
