@@ -22,6 +22,7 @@ from rich.table import Table
 
 from atrous.config import ModelConfig
 from atrous.convert import convert
+from atrous.convert_tf import convert_tf
 from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
 from atrous.data.checks import check_dataset
 from atrous.demo import run_demo
@@ -360,29 +361,49 @@ def export(
 
 
 def convert_weights(
+    *,
     source: str,
-    kind: Literal["torchvision", "smp", "checkpoint"],
+    kind: Literal["torchvision", "smp", "checkpoint", "tf"],
     output: str,
     class_names: list[str] | None = None,
     palette: list[list[int]] | None = None,
     output_stride: int | None = None,
     atrous_rates: list[int] | None = None,
+    crop_size: list[int] | None = None,
+    dataset: Literal["voc", "cityscapes", "ade20k"] | None = None,
 ) -> None:
-    """Convert a torchvision or smp model, or an atrous training checkpoint, into a saved atrous
-    model folder (model.safetensors + config.json; nothing is unpickled).
+    """Convert a torchvision or smp model, an official TensorFlow DeepLab checkpoint, or an
+    atrous training checkpoint into a saved atrous model folder (model.safetensors +
+    config.json; nothing is unpickled).
 
     Args:
         source: torchvision: a weights name such as
             DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1 (downloaded, or read from the torch
             hub cache offline) or a .pth file; smp: a folder or Hub repo id written by smp's
-            save_pretrained, or a weights file; checkpoint: an atrous best.pt.
+            save_pretrained, or a weights file; tf: a model-zoo .tar.gz, the folder it extracts
+            to, or a checkpoint prefix (needs pip install 'atrous[tf]'); checkpoint: an atrous
+            best.pt.
         kind: the library the source comes from.
-        output: folder to write the model to.
+        output: folder to write the model to (for a TF ImageNet checkpoint: backbone.safetensors
+            in it, for --run.backbone_weights).
         class_names: one name per class (torchvision's published weights bring PASCAL VOC's).
         palette: one [r, g, b] colour per class.
         output_stride: smp weights files only: the output stride they were trained at (16).
         atrous_rates: smp weights files only: the ASPP rates (12, 24, 36).
+        crop_size: tf only: the training crop [height, width] (VOC 513 513, Cityscapes 769 769),
+            which sets the image-pooling kernel as in the official code; default: global pooling.
+        dataset: tf only: names the classes and colours (ade20k also drops class 0, "other").
     """
+    if kind == "tf":
+        if class_names is not None or palette is not None:
+            raise ValueError("a tf source takes its class names from --dataset")
+        size = tuple(crop_size) if crop_size is not None else None
+        path, report = convert_tf(source, output, size, dataset)
+        console.print(f"written: {path}")
+        console.print(report.describe(), soft_wrap=True)
+        return
+    if crop_size is not None or dataset is not None:
+        raise ValueError("crop_size and dataset apply to tf sources only")
     path = convert(source, kind, output, class_names, palette, output_stride, atrous_rates)
     console.print(f"written: {path}")
 

@@ -1,7 +1,7 @@
 """Model configuration: a dataclass that round-trips through dicts (and so JSON/YAML).
 
 Defaults are the paper's (DeepLabV3+, OS16, ASPP 256 channels with rates 6/12/18, decoder 48/256
-with two 3×3 convs, dropout 0.1). Each field is one documented option. The last four exist so that
+with two 3×3 convs, dropout 0.1). Each field is one documented option. The last six exist so that
 models from other libraries convert exactly (``atrous.convert``); their defaults are the paper's.
 """
 
@@ -37,6 +37,8 @@ class ModelConfig:
     separable_depthwise_bn: bool = True  # BN+ReLU between depthwise and pointwise (smp: none)
     align_corners: bool = True  # bilinear resizes align corners (official; torchvision: False)
     dilate_removed_stride_units: bool = False  # unit losing its stride takes the new rate (smp)
+    input_mean: tuple[float, float, float] | None = None  # None: the backbone's normalisation
+    input_std: tuple[float, float, float] | None = None  # (official TF MobileNetV2: [-1, 1])
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -56,20 +58,21 @@ class ModelConfig:
             )
         if not 0.0 <= self.aspp_dropout < 1.0:
             raise ValueError(f"aspp_dropout must be in [0, 1), got {self.aspp_dropout!r}")
-        for name in ("aspp_rates", "image_pool_crop_size", "multi_grid"):
+        for name in ("aspp_rates", "image_pool_crop_size", "multi_grid", "input_mean", "input_std"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, tuple(int(v) for v in value))
+                kind = float if name.startswith("input_") else int
+                object.__setattr__(self, name, tuple(kind(v) for v in value))
 
     @property
     def mean(self) -> tuple[float, float, float]:
         """Per-channel mean of the input normalisation (RGB on [0, 1])."""
-        return BACKBONES[self.backbone].mean
+        return self.input_mean or BACKBONES[self.backbone].mean
 
     @property
     def std(self) -> tuple[float, float, float]:
         """Per-channel std of the input normalisation (RGB on [0, 1])."""
-        return BACKBONES[self.backbone].std
+        return self.input_std or BACKBONES[self.backbone].std
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples as lists) for JSON/YAML."""
