@@ -91,7 +91,7 @@ def assert_matches(ours: torch.Tensor, official_nhwc: np.ndarray) -> None:
 def test_xception65_deeplabv3plus_tarball_gives_the_official_logits_at_os16_and_os8(
     tmp_path, capsys
 ):
-    spec, variables, outputs = load_fixture("xception65_deeplabv3plus")
+    _, variables, outputs = load_fixture("xception65_deeplabv3plus")
     extra = {"global_step": np.array(1000, dtype=np.int64)}
     for name in ("logits/semantic/weights", "aspp0/weights"):
         extra[f"{name}/Momentum"] = np.zeros_like(variables[name])
@@ -143,7 +143,7 @@ def test_mobilenetv2_deeplabv3_folder_gives_the_official_logits(tmp_path):
 )
 def test_imagenet_backbones_give_the_official_features(variant, tmp_path, capsys):
     """ImageNet checkpoints convert to backbone weights for ``run.backbone_weights``."""
-    spec, variables, outputs = load_fixture(variant)
+    _, variables, outputs = load_fixture(variant)
     prefix = write_checkpoint(variables, tmp_path / "ckpt" / "model.ckpt")
     command = ["convert", "--kind", "tf", "--source", str(prefix), "--output", str(tmp_path)]
     assert main(command) == 0
@@ -164,5 +164,5 @@ def test_a_checkpoint_that_does_not_fit_names_the_variables():
     with pytest.raises(ValueError, match=r"1 missing: aspp0/weights") as error:
         from_tf_variables(variables)
     assert "1 with no counterpart in atrous: extra/branch/weights" in str(error.value)
-    with pytest.raises(ValueError, match="backbone .ImageNet. checkpoint"):
+    with pytest.raises(ValueError, match=r"backbone \(ImageNet\) checkpoint"):
         from_tf_variables({k: v for k, v in variables.items() if not k.startswith("logits")})

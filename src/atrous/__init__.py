@@ -8,8 +8,9 @@ from atrous.config import ModelConfig
 from atrous.decoder import Decoder
 from atrous.fast import FastNetwork, optimize_for_inference
 from atrous.layers import ASPP, SeparableConv2d
-from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus, load_model
+from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus
 from atrous.profile import ModelProfile, profile_model
+from atrous.published import list_published, load_model
 from atrous.zoo import build_model, create_model, get_config, list_models
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "list_published",
     "load_backbone_weights",
     "load_model",
     "load_weights",

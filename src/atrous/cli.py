@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,7 @@ from atrous.evaluate import evaluate_dataset, scores_to_dict
 from atrous.export import ExportCheckError, export_onnx, export_program
 from atrous.fast import CALIBRATION_IMAGES, calibration_images, fast_segmenter
 from atrous.inference import InferenceConfig, describe_inference
+from atrous.metrics import SegmentationScores
 from atrous.predict import (
     DEMO_MODEL,
     default_report_path,
@@ -39,6 +41,13 @@ from atrous.predict import (
     run_data_config,
 )
 from atrous.profile import profile_model
+from atrous.published import (
+    PublishedScore,
+    get_published,
+    is_published,
+    published_table,
+    resolve_source,
+)
 from atrous.serve import MAX_UPLOAD_MB, launch
 from atrous.train import OptimConfig, RunConfig, TrainConfig, TrainingPreempted
 from atrous.train import train as run_training
@@ -47,8 +56,20 @@ from atrous.zoo import create_model, get_config, list_models
 console = Console()
 
 
-def models() -> None:
-    """List the named model configurations with their parameters and Mult-Adds at 513×513."""
+def models(pretrained: bool = False) -> None:
+    """List the named model configurations with their parameters and Mult-Adds at 513×513.
+
+    Args:
+        pretrained: list the published trained checkpoints instead (load_model / --model names).
+    """
+    if pretrained:
+        rows = published_table()
+        table = Table(*rows[0])
+        for row in rows:
+            table.add_row(*row.values())
+        console.print(table)
+        console.print("Downloaded and converted on first use; then read from the cache offline.")
+        return
     table = Table()
     table.add_column("name", no_wrap=True)
     for column in ("decoder", "separable", "params (M)", "Mult-Adds (G)"):
@@ -185,6 +206,7 @@ def evaluate(
     data: DataConfig | None = None,
     split: str = "val",
     inference: InferenceConfig = InferenceConfig(),  # noqa: B008
+    protocol: int = 0,
     trimap: list[int] | None = None,
     trimap_source: Literal["void", "edges"] = "void",
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32",
@@ -196,10 +218,14 @@ def evaluate(
     """Score a model on a dataset: per-class IoU table, summary, JSON file; works under torchrun.
 
     Args:
-        model: a saved model folder, a training checkpoint (.pt) or an exported .onnx file.
-        data: the dataset; default: the one the model was trained on (its run's config.yaml).
+        model: a saved model folder, a training checkpoint (.pt), an exported .onnx file, or a
+            published checkpoint (tf:xception65_coco_voc_trainaug; atrous models --pretrained).
+        data: the dataset; default: the one the model was trained on (its run's config.yaml, or
+            a published checkpoint's).
         split: the split to score.
         inference: output stride, scales (paper: [0.5,0.75,1.0,1.25,1.5,1.75]), flip, window.
+        protocol: published checkpoints, when no inference option is given: which published
+            score's protocol to run (0: the first listed; its mIoU is printed beside ours).
         trimap: band widths in pixels for mIoU near boundaries (paper Fig. 5a), e.g. [4,8,16].
         trimap_source: band around 'void' pixels (VOC) or around label 'edges'.
         precision: fp32, bf16 (CPU/GPU), fp16 (CUDA) or int8 (CPU, with --fast).
@@ -209,13 +235,13 @@ def evaluate(
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the split's first 8 images.
     """
+    if precision == "int8" and not fast:
+        raise ValueError("precision int8 needs --fast true")
+    inference, published = published_protocol(model, inference, protocol)
     env = init_distributed(device)
     try:
-        data = data or run_data_config(model)
-        data = dataclasses.replace(data, val_split=split)
+        data = dataclasses.replace(data or training_data(model), val_split=split)
         dataset = build_dataset(data, "val")
-        if precision == "int8" and not fast:
-            raise ValueError("precision int8 needs --fast true")
         segmenter = load_segmenter(model, inference, "fp32" if fast else precision, env.device)
         if fast:
             count = min(CALIBRATION_IMAGES, len(dataset))
@@ -243,7 +269,65 @@ def evaluate(
     if not env.is_main:
         return
     scores = result.scores()
-    names = dataset.classes
+    _print_scores(scores, dataset.classes)
+    console.print(
+        f"protocol: {describe_inference(inference)}, {precision}, {len(dataset)} images",
+        soft_wrap=True,
+    )
+    if published is not None:
+        console.print(
+            f"published: {published.miou:.2f} on {published.split} "
+            f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
+            soft_wrap=True,
+        )
+    report = {
+        "model": model,
+        "dataset": dataclasses.asdict(data),
+        "split": split,
+        "images": len(dataset),
+        "inference": dataclasses.asdict(inference),
+        "precision": precision,
+        "fast": fast,
+        "scores": scores_to_dict(scores, dataset.classes),
+        "published": dataclasses.asdict(published) if published is not None else None,
+    }
+    if result.trimap is not None:
+        report["trimap"] = _trimap_report(result.trimap.scores(), dataset.classes, trimap_source)
+    path = Path(output) if output else default_report_path(resolve_source(model), split)
+    path.write_text(json.dumps(report, indent=2))
+    console.print(f"written: {path}")
+
+
+def published_protocol(
+    model: str, inference: InferenceConfig, index: int
+) -> tuple[InferenceConfig, PublishedScore | None]:
+    """For a published checkpoint evaluated with default options: the inference of its
+    ``index``-th published score, and that score (to print beside ours)."""
+    if not is_published(model):
+        return inference, None
+    scores = get_published(model).scores
+    if not scores:
+        return inference, None
+    if not 0 <= index < len(scores):
+        raise ValueError(f"{model} has {len(scores)} published scores; --protocol {index}")
+    score = scores[index]
+    if inference != InferenceConfig():  # options given: the user's protocol, for comparison
+        return inference, score
+    chosen = score.protocol
+    return InferenceConfig(chosen.output_stride, chosen.scales, chosen.flip), score
+
+
+def training_data(model: str) -> DataConfig:
+    """The dataset ``model`` was trained on: a published checkpoint's, or its run's."""
+    if is_published(model):
+        dataset = get_published(model).dataset
+        if dataset is None:
+            raise ValueError(f"{model} is an ImageNet backbone; there is nothing to evaluate")
+        return DataConfig(dataset=dataset)
+    return run_data_config(model)
+
+
+def _print_scores(scores: SegmentationScores, names: Sequence[str]) -> None:
     table = Table("class", "IoU", "accuracy")
     for name, iou, accuracy in zip(names, scores.iou, scores.class_accuracy, strict=True):
         table.add_row(name, _percent(iou), _percent(accuracy))
@@ -254,36 +338,20 @@ def evaluate(
         f"frequency-weighted IoU {_percent(scores.frequency_weighted_iou)}",
         soft_wrap=True,
     )
-    console.print(
-        f"protocol: {describe_inference(inference)}, {precision}, {len(dataset)} images",
-        soft_wrap=True,
-    )
     if scores.absent_classes:
         absent = ", ".join(names[i] for i in scores.absent_classes)
         console.print(f"not in the mean (absent from truth and prediction): {absent}")
-    report = {
-        "model": model,
-        "dataset": dataclasses.asdict(data),
-        "split": split,
-        "images": len(dataset),
-        "inference": dataclasses.asdict(inference),
-        "precision": precision,
-        "fast": fast,
-        "scores": scores_to_dict(scores, names),
+
+
+def _trimap_report(
+    bands: dict[int, SegmentationScores], names: Sequence[str], source: str
+) -> dict[str, object]:
+    for width, band in bands.items():
+        console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
+    return {
+        "source": source,
+        "mean_iou": {str(w): scores_to_dict(s, names)["mean_iou"] for w, s in bands.items()},
     }
-    if result.trimap is not None:
-        trimap_scores = result.trimap.scores()
-        report["trimap"] = {
-            "source": trimap_source,
-            "mean_iou": {
-                str(w): scores_to_dict(s, names)["mean_iou"] for w, s in trimap_scores.items()
-            },
-        }
-        for width, band in trimap_scores.items():
-            console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
-    path = Path(output) if output else default_report_path(model, split)
-    path.write_text(json.dumps(report, indent=2))
-    console.print(f"written: {path}")
 
 
 def predict(

@@ -30,6 +30,7 @@ from atrous.evaluate import autocast
 from atrous.export import OnnxNetwork
 from atrous.inference import InferenceConfig, Network, segment
 from atrous.model import load_model
+from atrous.published import resolve_source
 from atrous.train import TrainConfig
 from atrous.visualize import colorize, overlay, palette_image
 from atrous.zoo import build_model
@@ -191,8 +192,9 @@ def load_segmenter(
     device: str | torch.device = "cpu",
 ) -> Segmenter:
     """A :class:`Segmenter` from a saved model folder, a training checkpoint (``.pt``, read
-    with ``weights_only=True``) or an exported ``.onnx`` file."""
-    path = Path(source)
+    with ``weights_only=True``), an exported ``.onnx`` file, or a published checkpoint's name
+    (``tf:…``, fetched once)."""
+    path = resolve_source(source)
     device = torch.device(device)
     inference = inference or InferenceConfig()
     if path.suffix == ".onnx":

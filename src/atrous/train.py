@@ -53,10 +53,11 @@ from atrous.data.sampler import AugmentedSamples, EpochSampler
 from atrous.distributed import DistributedEnv, init_distributed, shutdown_distributed
 from atrous.evaluate import autocast, evaluate_dataset
 from atrous.metrics import SegmentationScores
-from atrous.model import DeepLab, load_model
+from atrous.model import DeepLab
 from atrous.plots import plot_curves
 from atrous.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop, ignore_stop_signals
 from atrous.profile import describe_device, measure_latency
+from atrous.published import backbone_weights_file, is_published, load_model
 from atrous.zoo import build_model
 
 #: Below this many images per device, BN statistics get noisy (paper §4: batch 16 to train BN).
@@ -95,8 +96,8 @@ class RunConfig:
     resume: bool = True  # continue from output_dir/last.pt when it exists
     stop_after: int | None = None  # end this invocation after this iteration (resumable later)
     seed: int = 0  # weights, data order and augmentation
-    backbone_weights: str | None = None  # ImageNet start: IMAGENET1K_V2, tf_in1k, or a file
-    init_from: str | None = None  # saved model folder/repo to fine-tune (new classifier if needed)
+    backbone_weights: str | None = None  # ImageNet start: IMAGENET1K_V2, tf_in1k, tf:…, a file
+    init_from: str | None = None  # saved model folder/repo or tf:… to fine-tune (new classifier)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", …
     progress: bool = True  # show a progress bar
 
@@ -289,8 +290,11 @@ def _prepare_model(
     its checkpoint."""
     torch.manual_seed(config.run.seed)
     model = build_model(config.model)
-    if config.run.backbone_weights is not None and not resuming:  # ImageNet start (paper §4)
-        load_backbone_weights(model.backbone, config.model.backbone, config.run.backbone_weights)
+    weights = config.run.backbone_weights
+    if weights is not None and not resuming:  # ImageNet start (paper §4)
+        if is_published(weights):  # an official TF ImageNet checkpoint, converted once
+            weights = str(backbone_weights_file(weights))
+        load_backbone_weights(model.backbone, config.model.backbone, weights)
     if config.run.init_from is not None and not resuming:
         # A classifier for another number of classes is re-initialised (with a warning).
         start = load_model(config.run.init_from, num_classes=config.model.num_classes, strict=False)
