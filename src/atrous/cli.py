@@ -23,6 +23,7 @@ from rich.table import Table
 
 from atrous.config import ModelConfig
 from atrous.convert import convert
+from atrous.convert_hf import convert_transformers
 from atrous.convert_tf import convert_tf
 from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
 from atrous.data.checks import check_dataset
@@ -370,7 +371,8 @@ def predict(
 
     Args:
         inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied).
-        model: a saved model folder, a training checkpoint (.pt) or an exported .onnx file
+        model: a saved model folder, a training checkpoint (.pt), an exported .onnx file or a
+            published checkpoint (tf:xception65_coco_voc_trainaug; atrous models --pretrained)
             (default: the model the last `atrous demo` saved).
         output_dir: where masks/, overlays/ and figures/ go; file stems are kept.
         inference: output stride, scales, flip, sliding window.
@@ -407,7 +409,7 @@ def export(
     """Export a model for deployment: ONNX (dynamic batch/height/width) or a torch.export program.
 
     Args:
-        model: a saved model folder or a training checkpoint (.pt).
+        model: a saved model folder, a training checkpoint (.pt) or a published checkpoint.
         output: the file to write.
         format: onnx (checked against ONNX Runtime at two sizes) or pt2 (torch.export).
         opset: ONNX opset version.
@@ -431,7 +433,7 @@ def export(
 def convert_weights(
     *,
     source: str,
-    kind: Literal["torchvision", "smp", "checkpoint", "tf"],
+    kind: Literal["torchvision", "smp", "transformers", "checkpoint", "tf"],
     output: str,
     class_names: list[str] | None = None,
     palette: list[list[int]] | None = None,
@@ -448,9 +450,10 @@ def convert_weights(
         source: torchvision: a weights name such as
             DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1 (downloaded, or read from the torch
             hub cache offline) or a .pth file; smp: a folder or Hub repo id written by smp's
-            save_pretrained, or a weights file; tf: a model-zoo .tar.gz, the folder it extracts
-            to, or a checkpoint prefix (needs pip install 'atrous[tf]'); checkpoint: an atrous
-            best.pt.
+            save_pretrained, or a weights file; transformers: a MobileNetV2ForSemanticSegmentation
+            folder or Hub repo id (google/deeplabv3_mobilenet_v2_1.0_513); tf: a model-zoo
+            .tar.gz, the folder it extracts to, or a checkpoint prefix (needs pip install
+            'atrous[tf]'); checkpoint: an atrous best.pt.
         kind: the library the source comes from.
         output: folder to write the model to (for a TF ImageNet checkpoint: backbone.safetensors
             in it, for --run.backbone_weights).
@@ -472,6 +475,9 @@ def convert_weights(
         return
     if crop_size is not None or dataset is not None:
         raise ValueError("crop_size and dataset apply to tf sources only")
+    if kind == "transformers":
+        console.print(f"written: {convert_transformers(source, output, palette)}")
+        return
     path = convert(source, kind, output, class_names, palette, output_stride, atrous_rates)
     console.print(f"written: {path}")
 
@@ -485,8 +491,8 @@ def serve(
     """A local web page: drop an image, see the overlay, the classes' shares and the mask.
 
     Args:
-        model: a saved model folder or a training checkpoint (.pt) (default: the model the last
-            `atrous demo` saved).
+        model: a saved model folder, a training checkpoint (.pt) or a published checkpoint
+            (tf:xception65_coco_voc_trainaug) (default: the model the last `atrous demo` saved).
         host: address to bind (127.0.0.1: this machine only).
         port: port to listen on.
         max_upload_mb: uploads larger than this are refused.

@@ -36,6 +36,37 @@ def set_conv_dilation(conv: nn.Conv2d, dilation: int) -> None:
     conv.padding = tuple(dilation * (k - 1) // 2 for k in conv.kernel_size)
 
 
+class TFSamePadConv2d(nn.Conv2d):
+    """A conv padding as TensorFlow's ``SAME`` does when strided: the total padding depends on
+    the input size, and an odd total puts the extra row/column at the bottom/right. Models trained
+    in TF with SAME padding (transformers' MobileNetV2, ``tf_padding``) need it on even sizes; on
+    odd sizes and at stride 1 it equals the symmetric padding, which is used then."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            return super().forward(x)
+        pads = []
+        for size, k, s, d in zip(
+            reversed(x.shape[-2:]),
+            reversed(self.kernel_size),
+            reversed(self.stride),
+            reversed(self.dilation),
+            strict=True,
+        ):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def use_tf_same_padding(module: nn.Module) -> None:
+    """Make every strided conv of ``module`` pad as TensorFlow's SAME (:class:`TFSamePadConv2d`);
+    weights and names are unchanged."""
+    for conv in module.modules():
+        if type(conv) is nn.Conv2d and conv.stride != (1, 1) and max(conv.kernel_size) > 1:
+            conv.__class__ = TFSamePadConv2d
+
+
 class ConvBNReLU(nn.Sequential):
     """k×k conv (no bias) → BN → ReLU, with 'same' padding for any dilation."""
 

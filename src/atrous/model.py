@@ -33,7 +33,7 @@ from atrous.card import TrainingSummary, model_card_text
 from atrous.checkpoint import load_weights, read_safetensors
 from atrous.config import ModelConfig
 from atrous.decoder import Decoder
-from atrous.layers import ASPP, check_output_stride, conv3x3_bn_relu, resize
+from atrous.layers import ASPP, check_output_stride, conv3x3_bn_relu, resize, use_tf_same_padding
 
 #: The files of a saved model.
 WEIGHTS_NAME = "model.safetensors"
@@ -357,6 +357,8 @@ def build_model(config: ModelConfig) -> DeepLab:
         width_multiplier=config.width_multiplier,
         dilate_removed_stride_units=config.dilate_removed_stride_units,
     )
+    if config.tf_padding:
+        use_tf_same_padding(backbone)
     aspp = ASPP(
         backbone.out_channels["high"],
         config.aspp_channels,

@@ -6,7 +6,8 @@ its protocol (output stride, scales, flip). The first use downloads the file wit
 downloader (progress bar, resumable into a temporary file), checks its SHA-256, converts it and
 keeps the converted folder (``model.safetensors`` + ``config.json``) in the cache; later uses read
 the cache and need no network. ``ATROUS_CACHE`` moves the cache (default ``~/.cache/atrous``);
-``ATROUS_TF_MODELS_URL`` points the TensorFlow entries at a mirror.
+``ATROUS_TF_MODELS_URL`` points the TensorFlow entries at a mirror. The transformers entry (the
+official MobileNetV2 VOC model on the Hugging Face Hub) goes through huggingface_hub's cache.
 
 The TensorFlow model zoo publishes no checksums: its entries pin none, and the SHA-256 of the
 first download is recorded beside the converted folder (``source.json``) and printed.
@@ -26,12 +27,13 @@ from typing import Any, Literal
 from torchvision.models import get_weight
 
 from atrous.convert import convert
+from atrous.convert_hf import convert_transformers
 from atrous.convert_tf import convert_tf
 from atrous.model import DeepLab
 from atrous.model import load_model as load_saved_model
 
 TF_MODELS_URL = "http://download.tensorflow.org/models/"
-PREFIXES = ("tf:", "torchvision:")
+PREFIXES = ("tf:", "torchvision:", "hf:")
 #: Official evaluation crops (the image-pooling kernel is the crop at stride OS).
 VOC_CROP, CITYSCAPES_CROP = (513, 513), (1025, 2049)
 #: The paper's multi-scale inputs for VOC/ADE20K and the official Cityscapes ones.
@@ -76,13 +78,16 @@ class Published:
     sha256: str | None = None  # None: not published by the source
 
     @property
-    def kind(self) -> Literal["tf", "torchvision"]:
-        return "tf" if self.name.startswith("tf:") else "torchvision"
+    def kind(self) -> Literal["tf", "torchvision", "transformers"]:
+        prefix = self.name.split(":", 1)[0]
+        return {"tf": "tf", "torchvision": "torchvision", "hf": "transformers"}[prefix]
 
     @property
     def url(self) -> str:
-        if self.kind != "tf":
-            return f"torchvision.models.segmentation.{self.file}"
+        if self.kind == "torchvision":
+            return get_weight(self.file).url
+        if self.kind == "transformers":
+            return f"https://huggingface.co/{self.file}"
         return os.environ.get("ATROUS_TF_MODELS_URL", TF_MODELS_URL).rstrip("/") + "/" + self.file
 
 
@@ -163,6 +168,15 @@ def _register_torchvision() -> None:
 
 _register_tf_zoo()
 _register_torchvision()
+register(
+    Published(
+        "hf:google/deeplabv3_mobilenet_v2_1.0_513",
+        "google/deeplabv3_mobilenet_v2_1.0_513",
+        "mobilenetv2",
+        "voc",
+        "COCO → VOC (the official MobileNetV2 checkpoint, converted by transformers)",
+    )
+)
 
 
 def list_published() -> list[str]:
@@ -226,6 +240,8 @@ def _fetch_into(entry: Published, folder: Path, progress: bool) -> dict[str, Any
         _, report = convert_tf(file, folder, entry.crop_size, entry.dataset)
         record["conversion"] = report.describe()
         file.unlink()
+    elif entry.kind == "transformers":  # huggingface_hub's download and cache
+        convert_transformers(entry.file, folder)
     else:  # torchvision's own downloader and hash check, then our converter
         convert(entry.file, "torchvision", str(folder))
     return record
@@ -276,6 +292,16 @@ def backbone_weights_file(name: str) -> Path:
     return fetch(name) / "backbone.safetensors"
 
 
+def _checksum(entry: Published) -> str:
+    if entry.sha256:
+        return f"sha256 {entry.sha256[:12]}…"
+    if entry.kind == "torchvision":  # the hash prefix in the file name, checked on download
+        return f"sha256 {entry.url.rsplit('-', 1)[-1].split('.')[0]}… (checked by torchvision)"
+    if entry.kind == "transformers":
+        return "per file, by huggingface_hub"
+    return "not published"
+
+
 def published_table(entries: Sequence[Published] | None = None) -> list[dict[str, str]]:
     """One row per checkpoint, for ``atrous models --pretrained``."""
     rows = []
@@ -291,7 +317,7 @@ def published_table(entries: Sequence[Published] | None = None) -> list[dict[str
                 "trained on": entry.trained_on,
                 "published mIoU": scores or "—",
                 "size": f"{entry.size_mb} MB" if entry.size_mb else "—",
-                "checksum": entry.sha256[:12] if entry.sha256 else "not published",
+                "checksum": _checksum(entry),
                 "cached": "yes" if (cached_folder(entry) / "source.json").is_file() else "no",
                 "source": entry.url,
             }
@@ -301,4 +327,4 @@ def published_table(entries: Sequence[Published] | None = None) -> list[dict[str
 
 def resolve_source(source: str | Path) -> Path:
     """The local path of a model argument: a published checkpoint's fetched folder, or itself."""
-    return fetch(str(source)) if is_published(source) else Path(source)
+    return fetch(str(source)) if is_published(str(source)) else Path(source)

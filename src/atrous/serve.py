@@ -32,6 +32,7 @@ from atrous.fast import fast_segmenter
 from atrous.inference import PAPER_SCALES, InferenceConfig
 from atrous.model import DeepLab
 from atrous.predict import DEMO_MODEL, Segmenter, load_segmenter, segment_file
+from atrous.published import resolve_source
 from atrous.visualize import overlay, palette_image
 
 #: Uploads larger than this many megabytes are refused by the server.
@@ -328,7 +329,7 @@ def launch(
     """Start the page for ``model`` on ``host:port``. With ``block`` it serves until
     interrupted; otherwise the server runs in a background thread until ``close()``."""
     _gradio()  # before anything is created
-    source = Path(model)
+    source = resolve_source(model)  # a published checkpoint: fetched once
     is_demo = source == Path(DEMO_MODEL)
     if is_demo and not source.is_dir():
         raise FileNotFoundError(
