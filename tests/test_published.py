@@ -93,6 +93,20 @@ def test_a_checksum_mismatch_or_a_missing_file_keeps_nothing(file_server, monkey
         fetch(NAME, progress=False)
 
 
+def test_a_file_whose_hash_differs_from_its_names_prefix_is_refused(file_server, monkeypatch):
+    """mmsegmentation's files carry a SHA-256 prefix in their names; torch.hub checks it."""
+    folder, _ = file_server
+    name = "mmseg:deeplabv3plus_r50_voc"
+    entry = get_published(name)
+    port = file_server[1].server_port
+    monkeypatch.setattr("atrous.published.MMSEG_URL", f"http://127.0.0.1:{port}/models/")
+    (folder / entry.file).parent.mkdir(parents=True)
+    (folder / entry.file).write_bytes(b"not the published weights")
+    with pytest.raises(ValueError, match="is not the published file"):
+        fetch(name, progress=False)
+    assert not cached_folder(entry).exists()
+
+
 def test_eval_runs_the_published_protocol_and_prints_the_published_miou(
     file_server,
     voc_tree,  # noqa: F811

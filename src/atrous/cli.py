@@ -24,6 +24,7 @@ from rich.table import Table
 from atrous.config import ModelConfig
 from atrous.convert import convert
 from atrous.convert_hf import convert_transformers
+from atrous.convert_mmseg import convert_mmseg
 from atrous.convert_tf import convert_tf
 from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
 from atrous.data.checks import check_dataset
@@ -433,7 +434,7 @@ def export(
 def convert_weights(
     *,
     source: str,
-    kind: Literal["torchvision", "smp", "transformers", "checkpoint", "tf"],
+    kind: Literal["torchvision", "smp", "transformers", "mmseg", "checkpoint", "tf"],
     output: str,
     class_names: list[str] | None = None,
     palette: list[list[int]] | None = None,
@@ -451,7 +452,8 @@ def convert_weights(
             DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1 (downloaded, or read from the torch
             hub cache offline) or a .pth file; smp: a folder or Hub repo id written by smp's
             save_pretrained, or a weights file; transformers: a MobileNetV2ForSemanticSegmentation
-            folder or Hub repo id (google/deeplabv3_mobilenet_v2_1.0_513); tf: a model-zoo
+            folder or Hub repo id (google/deeplabv3_mobilenet_v2_1.0_513); mmseg: a DeepLabV3+
+            R-50/101-D8 checkpoint (.pth, read tensors-only); tf: a model-zoo
             .tar.gz, the folder it extracts to, or a checkpoint prefix (needs pip install
             'atrous[tf]'); checkpoint: an atrous best.pt.
         kind: the library the source comes from.
@@ -459,8 +461,9 @@ def convert_weights(
             in it, for --run.backbone_weights).
         class_names: one name per class (torchvision's published weights bring PASCAL VOC's).
         palette: one [r, g, b] colour per class.
-        output_stride: smp weights files only: the output stride they were trained at (16).
-        atrous_rates: smp weights files only: the ASPP rates (12, 24, 36).
+        output_stride: smp weights files and mmseg: the output stride they were trained at
+            (smp 16, mmseg 8).
+        atrous_rates: smp weights files and mmseg: the ASPP rates (12, 24, 36).
         crop_size: tf only: the training crop [height, width] (VOC 513 513, Cityscapes 769 769),
             which sets the image-pooling kernel as in the official code; default: global pooling.
         dataset: tf only: names the classes and colours (ade20k also drops class 0, "other").
@@ -477,6 +480,9 @@ def convert_weights(
         raise ValueError("crop_size and dataset apply to tf sources only")
     if kind == "transformers":
         console.print(f"written: {convert_transformers(source, output, palette)}")
+        return
+    if kind == "mmseg":
+        console.print(f"written: {convert_mmseg(source, output, output_stride, atrous_rates)}")
         return
     path = convert(source, kind, output, class_names, palette, output_stride, atrous_rates)
     console.print(f"written: {path}")

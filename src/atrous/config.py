@@ -1,7 +1,7 @@
 """Model configuration: a dataclass that round-trips through dicts (and so JSON/YAML).
 
 Defaults are the paper's (DeepLabV3+, OS16, ASPP 256 channels with rates 6/12/18, decoder 48/256
-with two 3×3 convs, dropout 0.1). Each field is one documented option. The last seven exist so that
+with two 3×3 convs, dropout 0.1). Each field is one documented option. The last eight exist so that
 models from other libraries convert exactly (``atrous.convert``); their defaults are the paper's.
 """
 
@@ -37,6 +37,7 @@ class ModelConfig:
     separable_depthwise_bn: bool = True  # BN+ReLU between depthwise and pointwise (smp: none)
     align_corners: bool = True  # bilinear resizes align corners (official; torchvision: False)
     dilate_removed_stride_units: bool = False  # unit losing its stride takes the new rate (smp)
+    aspp_projection_kernel: int = 1  # ASPP projection conv: 1×1 (paper); mmsegmentation: 3×3
     tf_padding: bool = False  # strided convs pad as TF's SAME (extra bottom/right on even sizes)
     input_mean: tuple[float, float, float] | None = None  # None: the backbone's normalisation
     input_std: tuple[float, float, float] | None = None  # (official TF MobileNetV2: [-1, 1])

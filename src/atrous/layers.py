@@ -229,8 +229,9 @@ class ASPP(nn.Module):
     """Atrous Spatial Pyramid Pooling (paper §3.1, DeepLabV3).
 
     Branches: a 1×1 conv, one 3×3 atrous conv per rate (dense or separable), and image pooling;
-    concatenated (N, (len(rates)+2)·C, H, W) and projected by 1×1 conv → BN → ReLU → dropout.
-    Rates follow the output stride (6/12/18 at OS16, doubled at OS8, halved at OS32) unless given.
+    concatenated (N, (len(rates)+2)·C, H, W) and projected by 1×1 conv → BN → ReLU → dropout
+    (``projection_kernel=3``: a 3×3 conv, mmsegmentation's form). Rates follow the output stride
+    (6/12/18 at OS16, doubled at OS8, halved at OS32) unless given.
     """
 
     def __init__(
@@ -244,9 +245,12 @@ class ASPP(nn.Module):
         pool_crop_size: Sequence[int] | None = None,
         separable_depthwise_bn: bool = True,
         align_corners: bool = True,
+        projection_kernel: int = 1,
     ) -> None:
         super().__init__()
         check_output_stride(output_stride)
+        if projection_kernel not in (1, 3):
+            raise ValueError(f"projection_kernel must be 1 or 3, got {projection_kernel!r}")
         if rates is not None and any(r < 1 for r in rates):
             raise ValueError(f"ASPP rates must be positive integers, got {tuple(rates)}")
         self.fixed_rates = tuple(rates) if rates is not None else None
@@ -270,7 +274,13 @@ class ASPP(nn.Module):
             ]
         )
         self.project = nn.Sequential(
-            nn.Conv2d(len(self.convs) * out_channels, out_channels, 1, bias=False),
+            nn.Conv2d(
+                len(self.convs) * out_channels,
+                out_channels,
+                projection_kernel,
+                padding=projection_kernel // 2,
+                bias=False,
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),

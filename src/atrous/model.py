@@ -369,6 +369,7 @@ def build_model(config: ModelConfig) -> DeepLab:
         pool_crop_size=config.image_pool_crop_size,
         separable_depthwise_bn=config.separable_depthwise_bn,
         align_corners=config.align_corners,
+        projection_kernel=config.aspp_projection_kernel,
     )
     post_aspp = None
     if config.post_aspp_convs:

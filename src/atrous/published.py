@@ -28,12 +28,15 @@ from torchvision.models import get_weight
 
 from atrous.convert import convert
 from atrous.convert_hf import convert_transformers
+from atrous.convert_mmseg import convert_mmseg
 from atrous.convert_tf import convert_tf
+from atrous.data import DataConfig, dataset_labels
 from atrous.model import DeepLab
 from atrous.model import load_model as load_saved_model
 
 TF_MODELS_URL = "http://download.tensorflow.org/models/"
-PREFIXES = ("tf:", "torchvision:", "hf:")
+MMSEG_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/deeplabv3plus/"
+PREFIXES = ("tf:", "torchvision:", "hf:", "mmseg:")
 #: Official evaluation crops (the image-pooling kernel is the crop at stride OS).
 VOC_CROP, CITYSCAPES_CROP = (513, 513), (1025, 2049)
 #: The paper's multi-scale inputs for VOC/ADE20K and the official Cityscapes ones.
@@ -78,9 +81,9 @@ class Published:
     sha256: str | None = None  # None: not published by the source
 
     @property
-    def kind(self) -> Literal["tf", "torchvision", "transformers"]:
+    def kind(self) -> Literal["tf", "torchvision", "transformers", "mmseg"]:
         prefix = self.name.split(":", 1)[0]
-        return {"tf": "tf", "torchvision": "torchvision", "hf": "transformers"}[prefix]
+        return {"hf": "transformers"}.get(prefix, prefix)  # type: ignore[return-value]
 
     @property
     def url(self) -> str:
@@ -88,6 +91,8 @@ class Published:
             return get_weight(self.file).url
         if self.kind == "transformers":
             return f"https://huggingface.co/{self.file}"
+        if self.kind == "mmseg":
+            return MMSEG_URL + self.file
         return os.environ.get("ATROUS_TF_MODELS_URL", TF_MODELS_URL).rstrip("/") + "/" + self.file
 
 
@@ -166,8 +171,38 @@ def _register_torchvision() -> None:
         )  # fmt: skip
 
 
+def _register_mmseg() -> None:
+    """mmsegmentation's DeepLabV3+ R-50/101-D8 (its metafile's numbers: single scale at the
+    dataset's test scale, and with flip and scales 0.5–1.75). The hash prefix in each file's
+    name is checked on download."""
+    entries = [
+        ("r50_voc", "r50-d8_512x512_40k_voc12aug", "20200613_161759-e1b43aa9", 76.81, 77.57),
+        ("r101_voc", "r101-d8_512x512_40k_voc12aug", "20200613_205333-faf03387", 78.62, 79.53),
+        ("r50_cityscapes", "r50-d8_512x1024_80k_cityscapes", "20200606_114049-f9fb496d",
+         80.09, 81.13),
+        ("r101_cityscapes", "r101-d8_512x1024_80k_cityscapes", "20200606_114143-068fcfe9",
+         80.97, 82.03),
+        ("r50_ade20k", "r50-d8_512x512_160k_ade20k", "20200615_124504-6135c7e0", 43.95, 44.93),
+        ("r101_ade20k", "r101-d8_512x512_160k_ade20k", "20200615_123232-38ed86bb", 45.47, 46.35),
+    ]  # fmt: skip
+    trained_on = {"voc": "Pascal VOC 2012 + Aug", "cityscapes": "Cityscapes fine"}
+    for name, setting, stamp, single, multi in entries:
+        depth, dataset = name.split("_")
+        scores = (
+            PublishedScore(single, "val", Protocol(8)),
+            PublishedScore(multi, "val", Protocol(8, MS_VOC, True)),
+        )
+        file = f"deeplabv3plus_{setting}/deeplabv3plus_{setting}_{stamp}.pth"
+        trained = f"ImageNet → {trained_on.get(dataset, 'ADE20K')}"
+        register(
+            Published(f"mmseg:deeplabv3plus_{name}", file, f"resnet{depth[1:]}_v1c", dataset,
+                      trained, None, scores)
+        )  # fmt: skip
+
+
 _register_tf_zoo()
 _register_torchvision()
+_register_mmseg()
 register(
     Published(
         "hf:google/deeplabv3_mobilenet_v2_1.0_513",
@@ -216,13 +251,19 @@ def sha256_of(path: Path) -> str:
 
 def _download(entry: Published, folder: Path, progress: bool) -> tuple[Path, str]:
     """The entry's file in ``folder`` (torch.hub's downloader) and its verified SHA-256."""
-    from torch.hub import download_url_to_file
+    from torch.hub import HASH_REGEX, download_url_to_file
 
-    target = folder / entry.file
+    target = folder / Path(entry.file).name
+    prefix = HASH_REGEX.search(target.name) if entry.kind == "mmseg" else None
     try:
-        download_url_to_file(entry.url, str(target), progress=progress)
+        download_url_to_file(
+            entry.url, str(target), hash_prefix=prefix.group(1) if prefix else None,
+            progress=progress,
+        )  # fmt: skip
     except OSError as error:  # URLError, HTTPError and socket errors are OSErrors
         raise OSError(f"cannot download {entry.name} from {entry.url}: {error}") from None
+    except RuntimeError as error:  # torch.hub: the file's hash does not match its name's prefix
+        raise ValueError(f"{entry.url} is not the published file: {error}") from None
     digest = sha256_of(target)
     if entry.sha256 is not None and digest != entry.sha256:
         raise ValueError(
@@ -239,6 +280,10 @@ def _fetch_into(entry: Published, folder: Path, progress: bool) -> dict[str, Any
         file, record["sha256"] = _download(entry, folder.parent, progress)
         _, report = convert_tf(file, folder, entry.crop_size, entry.dataset)
         record["conversion"] = report.describe()
+        file.unlink()
+    elif entry.kind == "mmseg":
+        file, record["sha256"] = _download(entry, folder.parent, progress)
+        convert_mmseg(file, folder, dataset_labels=dataset_labels(DataConfig(entry.dataset)))
         file.unlink()
     elif entry.kind == "transformers":  # huggingface_hub's download and cache
         convert_transformers(entry.file, folder)
@@ -295,8 +340,8 @@ def backbone_weights_file(name: str) -> Path:
 def _checksum(entry: Published) -> str:
     if entry.sha256:
         return f"sha256 {entry.sha256[:12]}…"
-    if entry.kind == "torchvision":  # the hash prefix in the file name, checked on download
-        return f"sha256 {entry.url.rsplit('-', 1)[-1].split('.')[0]}… (checked by torchvision)"
+    if entry.kind in ("torchvision", "mmseg"):  # a hash prefix in the name, checked on download
+        return f"sha256 {entry.url.rsplit('-', 1)[-1].split('.')[0]}… (in the file name)"
     if entry.kind == "transformers":
         return "per file, by huggingface_hub"
     return "not published"

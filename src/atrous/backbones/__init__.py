@@ -55,6 +55,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet101": BackboneSpec(_resnet(101, "torchvision"), IMAGENET_MEAN, IMAGENET_STD, True),
     "resnet50_beta": BackboneSpec(_resnet(50, "beta"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
     "resnet101_beta": BackboneSpec(_resnet(101, "beta"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
+    "resnet50_v1c": BackboneSpec(_resnet(50, "v1c"), IMAGENET_MEAN, IMAGENET_STD, True),
+    "resnet101_v1c": BackboneSpec(_resnet(101, "v1c"), IMAGENET_MEAN, IMAGENET_STD, True),
     "xception41": BackboneSpec(_xception("xception41"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
     "xception65": BackboneSpec(_xception("xception65"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
     "xception71": BackboneSpec(_xception("xception71"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),

@@ -10,6 +10,9 @@ subsample), multi-grid (1, 2, 4) in the last block, and the low-level feature ta
 ``block1/unit_2``'s conv3 after BN, before the residual add. Module names follow torchvision
 (``conv1``, ``bn1``, ``layer1``…): the deep stem is ``conv1`` as a sequence whose last BN is
 ``bn1``, the convention timm uses for its deep-stem ResNets.
+
+``layout="v1c"`` is mmsegmentation's ``ResNetV1c``: torchvision's stride placement and low-level
+feature behind a deep stem of three 3×3 convs (32/2, 32, 64), for its DeepLabV3+ checkpoints.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from torch import nn
 
 from atrous.backbones.base import Backbone, StridedUnit
 
-ResNetLayout = Literal["torchvision", "beta"]
+ResNetLayout = Literal["torchvision", "beta", "v1c"]
+#: Channels of the three 3×3 convs of the deep stems.
+DEEP_STEMS = {"beta": (64, 64, 128), "v1c": (32, 32, 64)}
 #: Units per stage.
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -72,16 +77,17 @@ class Bottleneck(nn.Module):
         return StridedUnit(self.stride, strided, [(self.conv2, multi_grid)])
 
 
-def _deep_stem() -> nn.Sequential:
-    """Official beta root without its last BN/ReLU (those are ``bn1``/``relu``)."""
+def _deep_stem(channels: tuple[int, int, int]) -> nn.Sequential:
+    """Three 3×3 convs (the first strided) without the last BN/ReLU (those are ``bn1``/``relu``)."""
+    first, second, third = channels
     return nn.Sequential(
-        nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(64),
+        nn.Conv2d(3, first, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(first),
         nn.ReLU(inplace=True),
-        nn.Conv2d(64, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
+        nn.Conv2d(first, second, 3, padding=1, bias=False),
+        nn.BatchNorm2d(second),
         nn.ReLU(inplace=True),
-        nn.Conv2d(64, 128, 3, padding=1, bias=False),
+        nn.Conv2d(second, third, 3, padding=1, bias=False),
     )
 
 
@@ -100,8 +106,10 @@ class ResNet(Backbone):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth!r}")
-        if layout not in ("torchvision", "beta"):
-            raise ValueError(f"ResNet layout must be 'torchvision' or 'beta', got {layout!r}")
+        if layout not in ("torchvision", "beta", "v1c"):
+            raise ValueError(
+                f"ResNet layout must be 'torchvision', 'beta' or 'v1c', got {layout!r}"
+            )
         units = DEPTHS[depth]
         if multi_grid is None:
             multi_grid = (1, 2, 4) if layout == "beta" else (1,) * units[3]
@@ -112,10 +120,10 @@ class ResNet(Backbone):
             )
         self.layout = layout
         self.multi_grid = tuple(multi_grid)
-        stem_channels = 128 if layout == "beta" else 64
+        stem_channels = DEEP_STEMS[layout][-1] if layout in DEEP_STEMS else 64
         self.conv1 = (
-            _deep_stem()
-            if layout == "beta"
+            _deep_stem(DEEP_STEMS[layout])
+            if layout in DEEP_STEMS
             else nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         )
         self.bn1 = nn.BatchNorm2d(stem_channels)
@@ -126,7 +134,7 @@ class ResNet(Backbone):
             zip(units, (64, 128, 256, 512), strict=True), start=1
         ):
             stage_stride = 1 if index == 4 else 2
-            if layout == "torchvision":
+            if layout != "beta":
                 stage_stride = 1 if index == 1 else 2
             stage = self._make_stage(in_channels, width, num_units, stage_stride)
             setattr(self, f"layer{index}", stage)
