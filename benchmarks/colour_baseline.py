@@ -75,11 +75,11 @@ def score(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train_scenes", type=int, default=2000)
+    parser.add_argument("--train_scenes", type=int, default=1000)
     parser.add_argument("--pixel_share", type=float, default=0.1)
     parser.add_argument("--spaces", nargs="+", default=["rgb", "hsv", "lab"], choices=COLOUR_SPACES)
-    parser.add_argument("--max_iter", type=int, default=500)
-    parser.add_argument("--max_leaf_nodes", type=int, default=127)
+    parser.add_argument("--max_iter", type=int, default=300)
+    parser.add_argument("--max_leaf_nodes", type=int, default=63)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=str(ROOT / "results" / "colour_baseline.json"))
     args = parser.parse_args(argv)

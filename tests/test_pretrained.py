@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_backbones import randomize_bn
 
-from atrous import DeepLab, DeepLabV3, create_model, list_models, load_model
+from atrous import DeepLab, DeepLabV3, create_model, list_models, list_published, load_model
 from atrous.checkpoint import load_checkpoint
 from atrous.data import SyntheticScenes
 
@@ -199,7 +199,7 @@ def test_training_saves_the_best_model_with_class_names(tiny_run):
         assert torch.equal(value, best[key]), key
 
 
-def test_model_zoo_doc_lists_every_named_configuration():
+def test_model_zoo_doc_lists_every_named_configuration_and_published_checkpoint():
     text = (ROOT / "docs" / "model_zoo.md").read_text()
-    for name in list_models():
+    for name in list_models() + list_published():
         assert f"`{name}`" in text, name
