@@ -22,7 +22,7 @@ from atrous.demo import demo_config
 from atrous.distributed import DistributedEnv
 from atrous.evaluate import evaluate_dataset
 from atrous.fast import CALIBRATION_IMAGES, optimize_for_inference
-from atrous.model import load_model
+from atrous.published import load_model
 
 ROOT = Path(__file__).resolve().parent
 

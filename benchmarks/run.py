@@ -472,93 +472,118 @@ def contenders(
 ) -> list[Contender]:
     """Every way to run the row's two networks on ``device`` (the peer's eager variants and
     torch.compile only on full rows, or with ``all_paths``)."""
-    ours, theirs = examples["atrous"], examples["peer"]
+    ours = examples["atrous"]
     calibration = [torch.randn(1, 3, *ours.shape[-2:]) for _ in range(2)]
     items: list[Contender] = []
     if peer is not None:
-        items.append(Contender("peer", "eager fp32", "fp32", lambda: eager(peer, device), True))
-        if row.full or all_paths:
-            items += [
-                Contender(
-                    "peer",
-                    "eager fp32, channels_last, BN folded",
-                    "fp32",
-                    lambda: eager(fold_batchnorm(peer, theirs[:, :, :64, :64]), device, True),
-                ),
-                Contender(
-                    "peer",
-                    "torch.compile (freezing)",
-                    "fp32",
-                    lambda: compiled(copy.deepcopy(peer), device, theirs),
-                ),
-                Contender(
-                    "peer",
-                    "eager bf16 autocast, channels_last, BN folded",
-                    "bf16",
-                    lambda: eager(
-                        fold_batchnorm(peer, theirs[:, :, :64, :64]), device, True, torch.bfloat16
-                    ),
-                ),
-            ]
+        items += _peer_eager(row, peer, device, examples["peer"], all_paths)
         if device.type == "cpu":
-            onnx_file: dict[str, OnnxFile] = {}
+            items += _peer_onnx(row, peer, examples["peer"], calibration, folder, all_paths)
+    return items + _ours(row, model, device, ours, calibration, folder, all_paths)
 
-            def peer_onnx() -> Runner:
-                onnx_file["fp32"] = OnnxFile(peer, theirs, folder, f"{row.key}_peer")
-                return onnx_file["fp32"].session()
 
-            def peer_int8() -> Runner:
-                if "fp32" not in onnx_file:
-                    peer_onnx()
-                peer_calibration = [
-                    c[..., : theirs.shape[-2], : theirs.shape[-1]] for c in calibration
-                ]
-                return onnx_file["fp32"].quantize(peer_calibration)
+def _peer_eager(
+    row: Row, peer: nn.Module, device: torch.device, theirs: torch.Tensor, all_paths: bool
+) -> list[Contender]:
+    items = [Contender("peer", "eager fp32", "fp32", lambda: eager(peer, device), True)]
+    if not (row.full or all_paths):
+        return items
+    crop = theirs[:, :, :64, :64]
+    return [
+        *items,
+        Contender(
+            "peer",
+            "eager fp32, channels_last, BN folded",
+            "fp32",
+            lambda: eager(fold_batchnorm(peer, crop), device, True),
+        ),
+        Contender(
+            "peer",
+            "torch.compile (freezing)",
+            "fp32",
+            lambda: compiled(copy.deepcopy(peer), device, theirs),
+        ),
+        Contender(
+            "peer",
+            "eager bf16 autocast, channels_last, BN folded",
+            "bf16",
+            lambda: eager(fold_batchnorm(peer, crop), device, True, torch.bfloat16),
+        ),
+    ]
 
-            items += [
-                Contender(
-                    "peer",
-                    "ONNX Runtime fp32 (dynamo export, opset 18)",
-                    "fp32",
-                    peer_onnx,
-                    True,
-                    lambda: onnx_file["fp32"].session(),
-                ),
-            ]
-            if row.int8 or all_paths:
-                items.append(
-                    Contender(
-                        "peer",
-                        "ONNX Runtime int8 (static QDQ, per-channel)",
-                        "int8",
-                        peer_int8,
-                        True,
-                        lambda: onnx_file["fp32"].session(int8=True),
-                    )
-                )
-    items.append(Contender("atrous", "eager fp32", "fp32", lambda: eager(model, device), True))
+
+def _peer_onnx(
+    row: Row,
+    peer: nn.Module,
+    theirs: torch.Tensor,
+    calibration: list[torch.Tensor],
+    folder: Path,
+    all_paths: bool,
+) -> list[Contender]:
+    """The peer exported by the same dynamo exporter, in ONNX Runtime fp32 and int8."""
+    onnx_file: dict[str, OnnxFile] = {}
+
+    def peer_onnx() -> Runner:
+        onnx_file["fp32"] = OnnxFile(peer, theirs, folder, f"{row.key}_peer")
+        return onnx_file["fp32"].session()
+
+    def peer_int8() -> Runner:
+        if "fp32" not in onnx_file:
+            peer_onnx()
+        peer_calibration = [c[..., : theirs.shape[-2], : theirs.shape[-1]] for c in calibration]
+        return onnx_file["fp32"].quantize(peer_calibration)
+
+    items = [
+        Contender(
+            "peer",
+            "ONNX Runtime fp32 (dynamo export, opset 18)",
+            "fp32",
+            peer_onnx,
+            True,
+            lambda: onnx_file["fp32"].session(),
+        ),
+    ]
+    if row.int8 or all_paths:
+        items.append(
+            Contender(
+                "peer",
+                "ONNX Runtime int8 (static QDQ, per-channel)",
+                "int8",
+                peer_int8,
+                True,
+                lambda: onnx_file["fp32"].session(int8=True),
+            )
+        )
+    return items
+
+
+def _ours(
+    row: Row,
+    model: atrous.DeepLab,
+    device: torch.device,
+    ours: torch.Tensor,
+    calibration: list[torch.Tensor],
+    folder: Path,
+    all_paths: bool,
+) -> list[Contender]:
+    """atrous eager and through optimize_for_inference at each precision."""
     workdirs = {p: folder / f"{row.key}_{p}" for p in ("fp32", "int8")}
-    items.append(
+    fixed = workdirs["fp32"] / "model.{}x{}.onnx".format(*ours.shape[-2:])
+    low = "bf16" if device.type == "cpu" else "fp16"
+    items = [
+        Contender("atrous", "eager fp32", "fp32", lambda: eager(model, device), True),
         Contender(
             "atrous",
             "optimize_for_inference fp32",
             "fp32",
             lambda: fast(model, ours, "fp32", workdir=workdirs["fp32"]),
             True,
-            (
-                lambda: OnnxNetwork(
-                    workdirs["fp32"] / "model.{}x{}.onnx".format(*ours.shape[-2:]),
-                    options=session_options(),
-                )
-            )
+            (lambda: OnnxNetwork(fixed, options=session_options()))
             if device.type == "cpu"
             else None,
-        )
-    )
-    low = "bf16" if device.type == "cpu" else "fp16"
-    items.append(
-        Contender("atrous", f"optimize_for_inference {low}", low, lambda: fast(model, ours, low))
-    )
+        ),
+        Contender("atrous", f"optimize_for_inference {low}", low, lambda: fast(model, ours, low)),
+    ]
     if device.type == "cpu" and (row.int8 or all_paths):
         items.append(
             Contender(
@@ -664,16 +689,8 @@ def measure_training(row: Row, model, peer, device, rounds: int) -> list[dict[st
 # ---------------------------------------------------------------------------- one row
 
 
-def run_row(
-    row: Row,
-    device: torch.device,
-    rounds: int,
-    folder: Path,
-    log: Callable,
-    all_paths: bool,
-    precisions: tuple[str, ...],
-) -> dict:
-    rounds = row.rounds or rounds
+def _row_networks(row: Row, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict]:
+    """The row's two networks in eval mode on ``device``, and their example inputs."""
     torch.manual_seed(0)
     model, peer = row.build()
     model = model.to(device).eval()
@@ -683,7 +700,10 @@ def run_row(
     peer_example = example
     if row.peer_size:
         peer_example = example[..., : row.peer_size[0], : row.peer_size[1]].contiguous()
-    examples = {"atrous": example, "peer": peer_example}
+    return model, peer, {"atrous": example, "peer": peer_example}
+
+
+def _row_info(row: Row, model: nn.Module, peer: nn.Module | None) -> dict[str, Any]:
     profile = profile_model(model, row.size).total
     info: dict[str, Any] = {
         "row": row.key,
@@ -697,18 +717,20 @@ def run_row(
         peer_profile = profile_model(peer, row.peer_size or row.size).total
         info["peer"] = {"params": peer_profile.params, "mult_adds": peer_profile.mult_adds}
         info["peer_size"] = list(row.peer_size or row.size)
-    with torch.no_grad():
-        references = {
-            "atrous": model(example).float(),
-            "peer": peer(peer_example).float() if peer is not None else None,
-        }
-    items = contenders(row, model, peer, device, examples, folder, all_paths)
+    return info
+
+
+def _build_and_check(
+    items: list[Contender], examples: dict, references: dict, device: torch.device, log: Callable
+) -> list[Contender]:
+    """Build each contender, compare it with its eager reference, measure its peak memory;
+    a path that does not work here is reported, not fatal. Returns the working ones."""
     for item in items:
         start = time.perf_counter()
         try:
             item.run = item.build()
             item.run(examples[item.side])  # warm-up 1
-        except Exception as error:  # a path that does not work here is reported, not fatal
+        except Exception as error:
             item.error = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
             log(f"  {item.side} {item.path}: failed ({item.error})")
             continue
@@ -725,8 +747,20 @@ def run_row(
             runner(examples[item.side])
         item.memory_mib = memory.mib
         del runner
+    return ready
+
+
+def _time_rounds(
+    ready: list[Contender],
+    examples: dict,
+    device: torch.device,
+    rounds: int,
+    precisions: tuple,
+    batch: bool,
+) -> dict[str, float]:
+    """Latency rounds, interleaving contenders and the reference conv (so the roofline sees the
+    machine as it was); with ``batch``, batch-4 throughput too. Returns the conv throughput."""
     clock = Clock(device)
-    # The reference conv runs in the same rounds, so the roofline sees the machine as it was.
     probes = {precision: conv_probe(device, precision) for precision in precisions}
     probe_times: dict[str, list[float]] = {precision: [] for precision in precisions}
     for _ in range(rounds):
@@ -737,9 +771,7 @@ def run_row(
         for precision, probe in probes.items():
             time.sleep(PAUSE_S)
             probe_times[precision] += [clock(probe) for _ in range(3)]
-    info["conv_throughput"] = {p: CONV_MACS / statistics.median(t) for p, t in probe_times.items()}
-    log(f"  latency: {rounds} rounds done")
-    batch_items = [item for item in ready if item.throughput and row.full]
+    batch_items = [item for item in ready if item.throughput and batch]
     for item in batch_items:
         item.run(examples[item.side].expand(4, -1, -1, -1).contiguous())
     for _ in range(3 if batch_items else 0):
@@ -747,23 +779,49 @@ def run_row(
             x = examples[item.side].expand(4, -1, -1, -1).contiguous()
             time.sleep(PAUSE_S)
             item.batch_times.append(clock(lambda item=item, x=x: item.run(x)))
-    info["contenders"] = [
-        {
-            "side": item.side,
-            "path": item.path,
-            "precision": item.precision,
-            "latency_ms": item.latency_ms,
-            "times_ms": [1000 * t for t in item.times],
-            "images_per_s_batch4": item.images_per_s,
-            "memory_mib": item.memory_mib,
-            "build_s": item.build_s,
-            "max_abs_diff": item.max_abs_diff,
-            "logit_scale": references[item.side].abs().max().item(),
-            "argmax_agreement": item.agreement,
-            "error": item.error,
+    return {p: CONV_MACS / statistics.median(t) for p, t in probe_times.items()}
+
+
+def _contender_record(item: Contender, references: dict) -> dict[str, Any]:
+    return {
+        "side": item.side,
+        "path": item.path,
+        "precision": item.precision,
+        "latency_ms": item.latency_ms,
+        "times_ms": [1000 * t for t in item.times],
+        "images_per_s_batch4": item.images_per_s,
+        "memory_mib": item.memory_mib,
+        "build_s": item.build_s,
+        "max_abs_diff": item.max_abs_diff,
+        "logit_scale": references[item.side].abs().max().item(),
+        "argmax_agreement": item.agreement,
+        "error": item.error,
+    }
+
+
+def run_row(
+    row: Row,
+    device: torch.device,
+    rounds: int,
+    folder: Path,
+    log: Callable,
+    all_paths: bool,
+    precisions: tuple[str, ...],
+) -> dict:
+    """Every contender of ``row``: built, checked, timed side by side; training steps too."""
+    rounds = row.rounds or rounds
+    model, peer, examples = _row_networks(row, device)
+    info = _row_info(row, model, peer)
+    with torch.no_grad():
+        references = {
+            "atrous": model(examples["atrous"]).float(),
+            "peer": peer(examples["peer"]).float() if peer is not None else None,
         }
-        for item in items
-    ]
+    items = contenders(row, model, peer, device, examples, folder, all_paths)
+    ready = _build_and_check(items, examples, references, device, log)
+    info["conv_throughput"] = _time_rounds(ready, examples, device, rounds, precisions, row.full)
+    log(f"  latency: {rounds} rounds done")
+    info["contenders"] = [_contender_record(item, references) for item in items]
     if row.train:
         info["training"] = measure_training(row, model, peer, device, 2)
         log("  training steps done")
@@ -775,6 +833,70 @@ def run_row(
 
 def _fmt(value: float, digits: int = 0) -> str:
     return "—" if value != value else f"{value:,.{digits}f}"
+
+
+def _row_heading(row: dict) -> list[str]:
+    macs = row["atrous"]["mult_adds"]
+    peer = "; no peer"
+    if "peer" in row:
+        kind = " (the same network)" if row["same_network"] else " (nearest configuration)"
+        peer = (
+            f"; peer ({row['peer_name']}, {row['peer_size'][0]}×{row['peer_size'][1]}): "
+            f"{row['peer']['params'] / 1e6:.1f} M, {row['peer']['mult_adds'] / 1e9:.1f} G{kind}"
+        )
+    return [
+        f"### {row['title']}, {row['size'][0]}×{row['size'][1]}",
+        "",
+        f"atrous: {row['atrous']['params'] / 1e6:.1f} M parameters, {macs / 1e9:.1f} G "
+        f"Mult-Adds{peer}.",
+        "",
+        "| who | path | latency (ms) | vs peer eager | images/s (batch 4) | memory (MiB) "
+        "| max abs Δlogit vs eager | argmax agreement |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+
+def _contender_lines(row: dict, roof: dict) -> list[str]:
+    items = row["contenders"]
+    peer_eager = next(
+        (c["latency_ms"] for c in items if c["side"] == "peer" and c["path"] == "eager fp32"),
+        float("nan"),
+    )
+    lines = []
+    for c in items:
+        if c["error"]:
+            lines.append(f"| {c['side']} | {c['path']} | failed: {c['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {c['side']} | {c['path']} | {_fmt(c['latency_ms'])} "
+            f"| {_fmt(peer_eager / c['latency_ms'], 2)}× | {_fmt(c['images_per_s_batch4'], 2)} "
+            f"| {_fmt(c['memory_mib'])} | {c['max_abs_diff']:.1e} "
+            f"(of {c['logit_scale']:.1f}) | {c['argmax_agreement']:.4f} |"
+        )
+    macs = row["atrous"]["mult_adds"]
+    for precision in ("fp32", "bf16", "fp16", "int8"):
+        if precision in roof:
+            lines.append(
+                f"| roofline | {precision}: Mult-Adds ÷ {roof[precision] / 1e9:.0f} GMAC/s "
+                f"| {_fmt(1000 * macs / roof[precision])} | | | | | |"
+            )
+    return lines
+
+
+def _training_lines(row: dict) -> list[str]:
+    if "training" not in row:
+        return []
+    lines = [
+        "Training step (forward + backward + SGD, batch 2, 321×321; smp 320×320):",
+        "",
+        "| who | precision | step (ms) | memory (MiB) |",
+        "|---|---|---:|---:|",
+    ]
+    for t in row["training"]:
+        lines.append(
+            f"| {t['side']} | {t['path']} | {_fmt(t['step_ms'])} | {_fmt(t['memory_mib'])} |"
+        )
+    return [*lines, ""]
 
 
 def markdown(results: dict) -> str:
@@ -789,61 +911,9 @@ def markdown(results: dict) -> str:
         "",
     ]
     for row in results["rows"]:
-        macs = row["atrous"]["mult_adds"]
         roof = row.get("conv_throughput", results["conv_throughput"])
-        lines += [
-            f"### {row['title']}, {row['size'][0]}×{row['size'][1]}",
-            "",
-            f"atrous: {row['atrous']['params'] / 1e6:.1f} M parameters, {macs / 1e9:.1f} G "
-            "Mult-Adds"
-            + (
-                f"; peer ({row['peer_name']}, {row['peer_size'][0]}×{row['peer_size'][1]}): "
-                f"{row['peer']['params'] / 1e6:.1f} M, {row['peer']['mult_adds'] / 1e9:.1f} G"
-                + (" (the same network)" if row["same_network"] else " (nearest configuration)")
-                if "peer" in row
-                else "; no peer"
-            )
-            + ".",
-            "",
-            "| who | path | latency (ms) | vs peer eager | images/s (batch 4) | memory (MiB) "
-            "| max abs Δlogit vs eager | argmax agreement |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        items = row["contenders"]
-        peer_eager = next(
-            (c["latency_ms"] for c in items if c["side"] == "peer" and c["path"] == "eager fp32"),
-            float("nan"),
-        )
-        for c in items:
-            if c["error"]:
-                lines.append(f"| {c['side']} | {c['path']} | failed: {c['error']} | | | | | |")
-                continue
-            lines.append(
-                f"| {c['side']} | {c['path']} | {_fmt(c['latency_ms'])} "
-                f"| {_fmt(peer_eager / c['latency_ms'], 2)}× | {_fmt(c['images_per_s_batch4'], 2)} "
-                f"| {_fmt(c['memory_mib'])} | {c['max_abs_diff']:.1e} "
-                f"(of {c['logit_scale']:.1f}) | {c['argmax_agreement']:.4f} |"
-            )
-        for precision in ("fp32", "bf16", "fp16", "int8"):
-            if precision in roof:
-                lines.append(
-                    f"| roofline | {precision}: Mult-Adds ÷ {roof[precision] / 1e9:.0f} GMAC/s "
-                    f"| {_fmt(1000 * macs / roof[precision])} | | | | | |"
-                )
-        lines += ["", *ratios(row, roof), ""]
-        if "training" in row:
-            lines += [
-                "Training step (forward + backward + SGD, batch 2, 321×321; smp 320×320):",
-                "",
-                "| who | precision | step (ms) | memory (MiB) |",
-                "|---|---|---:|---:|",
-            ]
-            for t in row["training"]:
-                lines.append(
-                    f"| {t['side']} | {t['path']} | {_fmt(t['step_ms'])} "
-                    f"| {_fmt(t['memory_mib'])} |"
-                )
-            lines.append("")
+        lines += _row_heading(row) + _contender_lines(row, roof)
+        lines += ["", *ratios(row, roof), "", *_training_lines(row)]
     return "\n".join(lines)
 
 
@@ -874,7 +944,7 @@ def ratios(row: dict, roof: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rows",
@@ -889,13 +959,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(ROOT / "results" / "latest.json"))
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    keys = list(ROWS) if args.rows == "all" else args.rows.split(",")
-    unknown = [k for k in keys if k not in ROWS]
+    args.keys = list(ROWS) if args.rows == "all" else args.rows.split(",")
+    unknown = [k for k in args.keys if k not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -921,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v / 1e9:.0f} GMAC/s" for k, v in results["conv_throughput"].items())
     )
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as folder:
-        for key in keys:
+        for key in args.keys:
             log(f"{key}: {ROWS[key].title}")
             row = run_row(
                 ROWS[key], device, args.rounds, Path(folder), log, args.all_paths, precisions

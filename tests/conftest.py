@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from atrous.data import DataConfig
-from atrous.train import OptimConfig, RunConfig, TrainConfig, train
+from atrous.train import train
+from atrous.train_config import OptimConfig, RunConfig, TrainConfig
 from atrous.zoo import get_config
 
 

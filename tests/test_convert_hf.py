@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from atrous.cli import main
 from atrous.convert_hf import from_transformers
-from atrous.model import build_model, load_model
+from atrous.model import build_model
+from atrous.published import load_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -17,7 +17,7 @@ import torch
 from atrous.cli import main
 from atrous.convert_mmseg import from_mmseg
 from atrous.data.palettes import VOC_CLASSES
-from atrous.model import load_model
+from atrous.published import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmseg"
 

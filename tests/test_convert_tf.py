@@ -23,7 +23,7 @@ from atrous.backbones import build_backbone
 from atrous.backbones.weights import load_backbone_weights
 from atrous.cli import main
 from atrous.convert_tf import from_tf_checkpoint, from_tf_variables
-from atrous.model import load_model
+from atrous.published import load_model
 
 tf = pytest.importorskip("tensorflow", reason="the TF checkpoint tests need atrous[tf]")
 

@@ -21,8 +21,8 @@ from atrous.export import (
     export_program,
 )
 from atrous.fast import optimize_for_inference
-from atrous.model import load_model
 from atrous.predict import load_segmenter
+from atrous.published import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

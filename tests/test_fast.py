@@ -16,8 +16,8 @@ from atrous.cli import main
 from atrous.data import build_dataset
 from atrous.export import OnnxNetwork
 from atrous.fast import FastCheckError, fold_batchnorm, normalise_images, optimize_for_inference
-from atrous.model import load_model
-from atrous.train import TrainConfig
+from atrous.published import load_model
+from atrous.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 
-from atrous.card import TrainingSummary
 from atrous.data import SyntheticScenes
-from atrous.model import DeepLab, load_model
+from atrous.model import DeepLab
+from atrous.published import load_model
+from atrous.summary import TrainingSummary
 from atrous.zoo import create_model
 
 

@@ -14,14 +14,21 @@ from atrous.layers import resize
 from atrous.zoo import create_model
 
 
+def as_network(module: nn.Module) -> nn.Module:
+    """``module`` with the inference contract's attributes: no stated output stride (inputs run
+    as given) and aligned corners."""
+    module.output_stride, module.align_corners = None, True
+    return module
+
+
 def pointwise_net(seed: int = 0) -> nn.Module:
     """A network with a 1-pixel receptive field: 1×1 conv, tanh, 1×1 conv."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 1), nn.Tanh(), nn.Conv2d(8, 5, 1)).eval()
+    return as_network(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Tanh(), nn.Conv2d(8, 5, 1)).eval())
 
 
 def test_flip_changes_nothing_for_a_mirror_symmetric_network():
-    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    conv = as_network(nn.Conv2d(3, 4, 3, padding=1, bias=False))
     with torch.no_grad():
         conv.weight.copy_(conv.weight + conv.weight.flip(-1))  # symmetric left-right
     images = torch.randn(2, 3, 33, 47)
@@ -31,7 +38,7 @@ def test_flip_changes_nothing_for_a_mirror_symmetric_network():
 
 
 def test_flip_averages_the_mirrored_pass():
-    net = nn.Conv2d(3, 4, 3, padding=1).eval()
+    net = as_network(nn.Conv2d(3, 4, 3, padding=1).eval())
     images = torch.randn(1, 3, 21, 30)
     expected = (net(images).softmax(1) + net(images.flip(-1)).softmax(1).flip(-1)) / 2
     result = segment(net, images, InferenceConfig(flip=True))
@@ -49,7 +56,7 @@ def test_multi_scale_of_a_uniform_image_equals_one_scale():
 
 
 def test_multi_scale_averages_resized_probabilities():
-    net = nn.Conv2d(3, 4, 3, padding=1).eval()
+    net = as_network(nn.Conv2d(3, 4, 3, padding=1).eval())
     images = torch.randn(1, 3, 40, 40)
     half = resize(net(resize(images, (20, 20))).softmax(1), (40, 40))
     expected = (net(images).softmax(1) + half) / 2

@@ -12,7 +12,7 @@ from atrous.distributed import DistributedEnv
 from atrous.evaluate import evaluate_dataset
 from atrous.metrics import ConfusionMatrix
 from atrous.predict import expand_inputs, load_segmenter, predict_files
-from atrous.train import TrainConfig
+from atrous.train_config import TrainConfig
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ from PIL import Image
 from atrous.export import export_onnx
 from atrous.fast import FastNetwork
 from atrous.inference import PAPER_SCALES
-from atrous.model import load_model
 from atrous.predict import load_segmenter, predict_files
+from atrous.published import load_model
 from atrous.serve import MAX_PIXELS, PageModel, PageOptions, class_shares, launch
 from atrous.zoo import create_model
 

@@ -19,8 +19,9 @@ from atrous.data import build_dataset
 from atrous.demo import demo_config
 from atrous.distributed import DistributedEnv
 from atrous.evaluate import evaluate_dataset
-from atrous.model import load_model
-from atrous.train import OptimConfig, TrainConfig, _prepare_model, poly_schedule, train
+from atrous.published import load_model
+from atrous.train import _prepare_model, poly_schedule, train
+from atrous.train_config import OptimConfig, TrainConfig
 from atrous.zoo import build_model, get_config
 
 ROOT = Path(__file__).resolve().parents[1]

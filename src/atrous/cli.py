@@ -26,18 +26,21 @@ from atrous.convert import convert
 from atrous.convert_hf import convert_transformers
 from atrous.convert_mmseg import convert_mmseg
 from atrous.convert_tf import convert_tf
-from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
+from atrous.data import DataConfig, DataError, SegmentationDataset, SyntheticScenes, build_dataset
 from atrous.data.checks import check_dataset
 from atrous.demo import run_demo
 from atrous.distributed import init_distributed, resolve_device, shutdown_distributed
-from atrous.evaluate import evaluate_dataset, scores_to_dict
+from atrous.evaluate import Evaluation, scores_to_dict
 from atrous.export import ExportCheckError, export_onnx, export_program
-from atrous.fast import CALIBRATION_IMAGES, calibration_images, fast_segmenter
+from atrous.fast import CALIBRATION_IMAGES
 from atrous.inference import InferenceConfig, describe_inference
 from atrous.metrics import SegmentationScores
 from atrous.predict import (
     DEMO_MODEL,
+    Segmenter,
+    calibration_images,
     default_report_path,
+    fast_segmenter,
     load_segmenter,
     predict_files,
     run_data_config,
@@ -51,8 +54,9 @@ from atrous.published import (
     resolve_source,
 )
 from atrous.serve import MAX_UPLOAD_MB, launch
-from atrous.train import OptimConfig, RunConfig, TrainConfig, TrainingPreempted
+from atrous.train import TrainingPreempted
 from atrous.train import train as run_training
+from atrous.train_config import OptimConfig, RunConfig, TrainConfig
 from atrous.zoo import create_model, get_config, list_models
 
 console = Console()
@@ -244,44 +248,13 @@ def evaluate(
     try:
         data = dataclasses.replace(data or training_data(model), val_split=split)
         dataset = build_dataset(data, "val")
-        segmenter = load_segmenter(model, inference, "fp32" if fast else precision, env.device)
-        if fast:
-            count = min(CALIBRATION_IMAGES, len(dataset))
-            images = [dataset.load(i)[0] for i in range(count)]
-            segmenter = fast_segmenter(segmenter, precision, images)
-        if segmenter.num_classes != dataset.num_classes:
-            raise ValueError(
-                f"the model predicts {segmenter.num_classes} classes, the dataset has "
-                f"{dataset.num_classes}"
-            )
-        result = evaluate_dataset(
-            segmenter.network,
-            dataset,
-            segmenter.mean,
-            segmenter.std,
-            env,
-            segmenter.precision,
-            progress,
-            segmenter.inference,
-            trimap or (),
-            trimap_source,
-        )
+        segmenter = _evaluation_segmenter(model, inference, precision, fast, dataset, env.device)
+        result = segmenter.evaluate(dataset, env, progress, trimap or (), trimap_source)
     finally:
         shutdown_distributed()
     if not env.is_main:
         return
-    scores = result.scores()
-    _print_scores(scores, dataset.classes)
-    console.print(
-        f"protocol: {describe_inference(inference)}, {precision}, {len(dataset)} images",
-        soft_wrap=True,
-    )
-    if published is not None:
-        console.print(
-            f"published: {published.miou:.2f} on {published.split} "
-            f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
-            soft_wrap=True,
-        )
+    path = Path(output) if output else default_report_path(resolve_source(model), split)
     report = {
         "model": model,
         "dataset": dataclasses.asdict(data),
@@ -290,14 +263,60 @@ def evaluate(
         "inference": dataclasses.asdict(inference),
         "precision": precision,
         "fast": fast,
-        "scores": scores_to_dict(scores, dataset.classes),
-        "published": dataclasses.asdict(published) if published is not None else None,
     }
+    _report_evaluation(result, dataset.classes, report, published, trimap_source, path)
+
+
+def _report_evaluation(
+    result: Evaluation,
+    names: Sequence[str],
+    report: dict[str, object],
+    published: PublishedScore | None,
+    trimap_source: str,
+    path: Path,
+) -> None:
+    """Print the scores, the protocol and the published score; write the JSON report."""
+    scores = result.scores()
+    _print_scores(scores, names)
+    inference = InferenceConfig(**report["inference"])
+    console.print(
+        f"protocol: {describe_inference(inference)}, {report['precision']}, "
+        f"{report['images']} images",
+        soft_wrap=True,
+    )
+    if published is not None:
+        console.print(
+            f"published: {published.miou:.2f} on {published.split} "
+            f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
+            soft_wrap=True,
+        )
+    report["scores"] = scores_to_dict(scores, names)
+    report["published"] = dataclasses.asdict(published) if published is not None else None
     if result.trimap is not None:
-        report["trimap"] = _trimap_report(result.trimap.scores(), dataset.classes, trimap_source)
-    path = Path(output) if output else default_report_path(resolve_source(model), split)
+        report["trimap"] = _trimap_report(result.trimap.scores(), names, trimap_source)
     path.write_text(json.dumps(report, indent=2))
     console.print(f"written: {path}")
+
+
+def _evaluation_segmenter(
+    model: str,
+    inference: InferenceConfig,
+    precision: str,
+    fast: bool,
+    dataset: SegmentationDataset,
+    device: torch.device,
+) -> Segmenter:
+    """The segmenter ``atrous eval`` scores: int8 calibrates on the split's first images."""
+    segmenter = load_segmenter(model, inference, "fp32" if fast else precision, device)
+    if fast:
+        count = min(CALIBRATION_IMAGES, len(dataset))
+        segmenter = fast_segmenter(segmenter, precision, [dataset.load(i)[0] for i in range(count)])
+    if segmenter.num_classes != dataset.num_classes:
+        raise ValueError(
+            f"the model predicts {segmenter.num_classes} classes, the dataset has "
+            f"{dataset.num_classes}"
+        )
+    return segmenter
 
 
 def published_protocol(

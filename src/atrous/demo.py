@@ -19,7 +19,8 @@ from PIL import Image
 from atrous.data import DataConfig, SyntheticScenes, build_dataset
 from atrous.metrics import SegmentationScores
 from atrous.predict import load_segmenter
-from atrous.train import OptimConfig, RunConfig, TrainConfig, train
+from atrous.train import train
+from atrous.train_config import OptimConfig, RunConfig, TrainConfig
 from atrous.visualize import colorize, overlay, palette_image
 from atrous.zoo import get_config
 

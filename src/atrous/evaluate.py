@@ -3,7 +3,6 @@ confusion matrices (overall, and per trimap band near boundaries)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,16 +17,7 @@ from atrous.data.transforms import normalisation
 from atrous.distributed import DistributedEnv
 from atrous.inference import InferenceConfig, Network, segment
 from atrous.metrics import ConfusionMatrix, SegmentationScores, TrimapMeter
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for ``precision`` in {"fp32", "bf16", "fp16"}."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("precision 'fp16' needs CUDA; use 'bf16' on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+from atrous.precision import autocast
 
 
 @dataclass

@@ -32,14 +32,13 @@ measured by ``benchmarks/miou.py``).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,7 +48,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torchvision import tv_tensors
 
-from atrous.data.io import DataError, read_image
 from atrous.data.transforms import normalisation
 from atrous.export import (
     RELATIVE_TOLERANCE,
@@ -60,11 +58,7 @@ from atrous.export import (
     export_onnx,
     require_agreement,
 )
-from atrous.inference import align_input, output_stride
-from atrous.model import DeepLab
-
-if TYPE_CHECKING:
-    from atrous.predict import Segmenter
+from atrous.precision import autocast
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 Backend = Literal["auto", "torch", "compile", "onnxruntime"]
@@ -241,13 +235,13 @@ def _check_combination(precision: str, backend: str, device: torch.device) -> No
 class _TorchRunner:
     """A BN-folded channels_last module, under autocast for bf16/fp16."""
 
-    def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
-        self.module, self.device, self.dtype = module, device, dtype
+    def __init__(self, module: nn.Module, device: torch.device, precision: str) -> None:
+        self.module, self.device, self.precision = module, device, precision
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, self.dtype or torch.float32, self.dtype is not None):
+        with autocast(self.device, self.precision):
             logits = self.module(x)
         return logits.float().contiguous().to(images.device)
 
@@ -346,24 +340,15 @@ def optimize_for_inference(
     if precision == "int8" and not calibration:
         raise ValueError("int8 needs calibration images: pass a few of your own as calibration=")
     batch = _example_batch(example, device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            reference = model(batch).float()
-        folded = fold_batchnorm(model).requires_grad_(False)
-    finally:
-        model.train(was_training)
-    folded = folded.to(memory_format=torch.channels_last)
+    reference, folded = _reference_and_folded(model, batch)
     if backend == "onnxruntime":
         size = tuple(batch.shape[-2:]) if example is not None else None
         run = _onnxruntime(folded, precision, calibration or (), tolerance, workdir, size)
     else:
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         module = folded if backend == "torch" else torch.compile(folded, options={"freezing": True})
-        run = _TorchRunner(module, device, dtype)
+        run = _TorchRunner(module, device, precision)
     agreement = compare_logits(run(batch), reference)
     if precision == "fp32":
         try:
@@ -372,12 +357,21 @@ def optimize_for_inference(
             raise FastCheckError(str(error)) from None
     size = tuple(batch.shape[-2:])
     report = FastReport(backend, precision, size, agreement, time.perf_counter() - start)
-    return FastNetwork(
-        run,
-        report,
-        getattr(model, "output_stride", None),
-        getattr(model, "align_corners", True),
-    )
+    return FastNetwork(run, report, model.output_stride, model.align_corners)
+
+
+def _reference_and_folded(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """The eager model's fp32 logits on ``batch`` and its BN-folded channels_last copy (the
+    model's own mode is left as it was)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = model(batch).float()
+        folded = fold_batchnorm(model).requires_grad_(False)
+    finally:
+        model.train(was_training)
+    return reference, folded.to(memory_format=torch.channels_last)
 
 
 class _SizeDispatch:
@@ -419,48 +413,3 @@ def _onnxruntime(
         fixed_path = folder / f"model.{size[0]}x{size[1]}.onnx"
         export_onnx(folded, fixed_path, tolerance=tolerance, size=size)
         return _SizeDispatch(size, OnnxNetwork(fixed_path, options=session_options()), general)
-
-
-def calibration_images(inputs: Sequence[str | Path], count: int = CALIBRATION_IMAGES) -> list:
-    """The first ``count`` readable images among ``inputs`` (files, folders, globs)."""
-    from atrous.predict import expand_inputs
-
-    images = []
-    for path in expand_inputs(inputs):
-        if len(images) == count:
-            break
-        try:
-            images.append(read_image(path))
-        except DataError:
-            continue
-    return images
-
-
-def fast_segmenter(
-    segmenter: Segmenter,
-    precision: Precision = "fp32",
-    calibration: Sequence[np.ndarray] = (),
-    backend: Backend = "auto",
-) -> Segmenter:
-    """``segmenter`` running on :func:`optimize_for_inference`'s network (``--fast``).
-
-    The inference strategy's output stride is applied to the model while the fast network is
-    built (a fast network's is fixed), then restored; the first calibration image, when there is
-    one, is the agreement check's example.
-    """
-    model = segmenter.network
-    if not isinstance(model, DeepLab):
-        raise ValueError(
-            "--fast needs a saved model folder or a training checkpoint, not an exported file"
-        )
-    inference = segmenter.inference
-    with output_stride(model, inference.output_stride):  # the caller's model is left as it was
-        example = None
-        if calibration:  # as segment() will run it: padded to the aligned size
-            example = normalise_images(calibration[:1], segmenter.mean, segmenter.std)[0]
-            example = align_input(model, example)
-        network = optimize_for_inference(
-            model, example, precision=precision, backend=backend, calibration=calibration
-        )
-    inference = dataclasses.replace(inference, output_stride=None)
-    return dataclasses.replace(segmenter, network=network, inference=inference, precision="fp32")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,17 @@ from atrous.layers import check_output_stride, resize
 #: The paper's multi-scale inputs (§4.3).
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
-Network = Callable[[torch.Tensor], torch.Tensor]
+
+class Network(Protocol):
+    """What inference needs of a network: normalised (N, 3, H, W) images → (N, C, H, W) logits,
+    and the output stride and corner convention its inputs are aligned to (``output_stride``
+    None: unknown, run inputs as given). A DeepLab, an ONNX Runtime session
+    (:class:`~atrous.export.OnnxNetwork`) and a fast network all are one."""
+
+    output_stride: int | None
+    align_corners: bool
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -128,10 +139,10 @@ def align_input(network: Network, images: torch.Tensor) -> torch.Tensor:
     feature cell, which costs accuracy at every boundary; the official evaluation pads each image
     to 513×513 for the same reason. Networks that do not state their output stride run as given.
     """
-    stride = getattr(network, "output_stride", None)
+    stride = network.output_stride
     if stride is None:
         return images
-    corners = getattr(network, "align_corners", True)
+    corners = network.align_corners
     height, width = images.shape[-2:]
     pad_h = aligned_size(height, stride, corners) - height
     pad_w = aligned_size(width, stride, corners) - width

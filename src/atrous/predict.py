@@ -8,6 +8,7 @@ results differ from validation). ``atrous predict``, the demo and the demo page 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,17 +22,26 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from atrous.checkpoint import load_checkpoint, load_weights
-from atrous.data import DataConfig, dataset_labels
+from atrous.data import DataConfig, SegmentationDataset, dataset_labels
 from atrous.data.folder import IMAGE_SUFFIXES
 from atrous.data.io import DataError, read_image
 from atrous.data.palettes import voc_palette
 from atrous.data.transforms import normalisation
-from atrous.evaluate import autocast
+from atrous.distributed import DistributedEnv
+from atrous.evaluate import Evaluation, evaluate_dataset
 from atrous.export import OnnxNetwork
-from atrous.inference import InferenceConfig, Network, segment
-from atrous.model import load_model
-from atrous.published import resolve_source
-from atrous.train import TrainConfig
+from atrous.fast import (
+    CALIBRATION_IMAGES,
+    Backend,
+    Precision,
+    normalise_images,
+    optimize_for_inference,
+)
+from atrous.inference import InferenceConfig, Network, align_input, output_stride, segment
+from atrous.model import DeepLab
+from atrous.precision import autocast
+from atrous.published import load_model, resolve_source
+from atrous.train_config import TrainConfig
 from atrous.visualize import colorize, overlay, palette_image
 from atrous.zoo import build_model
 
@@ -78,6 +88,29 @@ class Segmenter:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB → (H, W) uint8 label map."""
         return self.probabilities(image).argmax(0).to(torch.uint8).cpu().numpy()
+
+    def evaluate(
+        self,
+        dataset: SegmentationDataset,
+        env: DistributedEnv,
+        progress: bool = True,
+        trimap: Sequence[int] = (),
+        trimap_source: str = "void",
+    ) -> Evaluation:
+        """Confusion matrices of this segmenter over ``dataset`` (split over ``env``'s
+        processes), with the same normalisation, precision and inference as every image."""
+        return evaluate_dataset(
+            self.network,
+            dataset,
+            self.mean,
+            self.std,
+            env,
+            self.precision,
+            progress,
+            self.inference,
+            trimap,
+            trimap_source,
+        )
 
 
 @dataclass
@@ -227,6 +260,9 @@ def load_segmenter(
     else:
         raise FileNotFoundError(f"no model at {path} (a model folder, .pt checkpoint or .onnx)")
     model = model.to(device).eval()
+    if inference.output_stride is not None:  # applied once: the model is this segmenter's own
+        model.set_output_stride(inference.output_stride)
+        inference = dataclasses.replace(inference, output_stride=None)
     config = model.config
     return Segmenter(
         model,
@@ -258,3 +294,46 @@ def default_report_path(model: str | Path, split: str) -> Path:
     """``eval_<split>.json`` in the model's folder (its run folder for a checkpoint file)."""
     path = Path(model)
     return (path if path.is_dir() else path.parent) / f"eval_{split}.json"
+
+
+def calibration_images(inputs: Sequence[str | Path], count: int = CALIBRATION_IMAGES) -> list:
+    """The first ``count`` readable images among ``inputs`` (files, folders, globs)."""
+    images = []
+    for path in expand_inputs(inputs):
+        if len(images) == count:
+            break
+        try:
+            images.append(read_image(path))
+        except DataError:
+            continue
+    return images
+
+
+def fast_segmenter(
+    segmenter: Segmenter,
+    precision: Precision = "fp32",
+    calibration: Sequence[np.ndarray] = (),
+    backend: Backend = "auto",
+) -> Segmenter:
+    """``segmenter`` running on :func:`optimize_for_inference`'s network (``--fast``).
+
+    The inference strategy's output stride is applied to the model while the fast network is
+    built (a fast network's is fixed), then restored; the first calibration image, when there is
+    one, is the agreement check's example.
+    """
+    model = segmenter.network
+    if not isinstance(model, DeepLab):
+        raise ValueError(
+            "--fast needs a saved model folder or a training checkpoint, not an exported file"
+        )
+    inference = segmenter.inference
+    with output_stride(model, inference.output_stride):  # the caller's model is left as it was
+        example = None
+        if calibration:  # as segment() will run it: padded to the aligned size
+            example = normalise_images(calibration[:1], segmenter.mean, segmenter.std)[0]
+            example = align_input(model, example)
+        network = optimize_for_inference(
+            model, example, precision=precision, backend=backend, calibration=calibration
+        )
+    inference = dataclasses.replace(inference, output_stride=None)
+    return dataclasses.replace(segmenter, network=network, inference=inference, precision="fp32")

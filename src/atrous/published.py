@@ -32,7 +32,6 @@ from atrous.convert_mmseg import convert_mmseg
 from atrous.convert_tf import convert_tf
 from atrous.data import DataConfig, dataset_labels
 from atrous.model import DeepLab
-from atrous.model import load_model as load_saved_model
 
 TF_MODELS_URL = "http://download.tensorflow.org/models/"
 MMSEG_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/deeplabv3plus/"
@@ -316,8 +315,11 @@ def fetch(name: str, progress: bool = True) -> Path:
 
 def load_model(source: str | Path, **kwargs: Any) -> DeepLab:
     """A saved model folder, a Hugging Face Hub repo id, or a published checkpoint's name
-    (``tf:xception65_coco_voc_trainaug``: downloaded and converted on first use). Keyword
-    arguments are :meth:`DeepLab.from_pretrained`'s."""
+    (``tf:xception65_coco_voc_trainaug``: downloaded and converted on first use), in eval mode.
+    Keyword arguments are :meth:`DeepLab.from_pretrained`'s: ``num_classes`` with
+    ``strict=False`` fine-tunes on another dataset (every tensor that fits loads, the classifier
+    keeps a fresh initialisation and a warning lists what was skipped), ``map_location``,
+    ``local_files_only``."""
     if is_published(source):
         entry = get_published(str(source))
         if entry.dataset is None:
@@ -326,7 +328,7 @@ def load_model(source: str | Path, **kwargs: Any) -> DeepLab:
                 f"from it with --run.backbone_weights {entry.name}"
             )
         source = fetch(entry.name)
-    return load_saved_model(source, **kwargs)
+    return DeepLab.from_pretrained(source, **kwargs)
 
 
 def backbone_weights_file(name: str) -> Path:

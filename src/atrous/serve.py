@@ -28,10 +28,9 @@ import numpy as np
 from PIL import Image
 
 from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
-from atrous.fast import fast_segmenter
 from atrous.inference import PAPER_SCALES, InferenceConfig
 from atrous.model import DeepLab
-from atrous.predict import DEMO_MODEL, Segmenter, load_segmenter, segment_file
+from atrous.predict import DEMO_MODEL, Segmenter, fast_segmenter, load_segmenter, segment_file
 from atrous.published import resolve_source
 from atrous.visualize import overlay, palette_image
 

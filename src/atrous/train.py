@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +38,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from atrous.backbones.weights import load_backbone_weights
-from atrous.card import TrainingSummary
 from atrous.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from atrous.config import ModelConfig
 from atrous.data import (
-    DataConfig,
     DataError,
     SegmentationDataset,
     build_dataset,
@@ -51,85 +48,20 @@ from atrous.data import (
 from atrous.data.checks import sample_labels
 from atrous.data.sampler import AugmentedSamples, EpochSampler
 from atrous.distributed import DistributedEnv, init_distributed, shutdown_distributed
-from atrous.evaluate import autocast, evaluate_dataset
+from atrous.evaluate import evaluate_dataset
 from atrous.metrics import SegmentationScores
 from atrous.model import DeepLab
 from atrous.plots import plot_curves
+from atrous.precision import autocast
 from atrous.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop, ignore_stop_signals
 from atrous.profile import describe_device, measure_latency
 from atrous.published import backbone_weights_file, is_published, load_model
+from atrous.summary import TrainingSummary
+from atrous.train_config import OptimConfig, TrainConfig
 from atrous.zoo import build_model
 
 #: Below this many images per device, BN statistics get noisy (paper §4: batch 16 to train BN).
 SMALL_BN_BATCH = 8
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer and learning-rate schedule (defaults: the paper's)."""
-
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # paper: SGD; AdamW trains faster from scratch
-    lr: float = 0.007  # base learning rate
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 4e-5  # L2 weight decay
-    no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
-    poly_power: float = 0.9  # lr = base · (1 − it/iterations)^power
-    warmup_iters: int = 0  # linear warm-up from 0 over this many iterations
-
-
-@dataclass
-class RunConfig:
-    """Length, batch, precision, BN handling, logging and where results go."""
-
-    iterations: int = 30000  # optimizer steps
-    batch_size: int = 16  # global images per optimizer step, over all processes and micro-steps
-    accumulate: int = 1  # micro-steps per optimizer step (gradient accumulation)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16: CUDA only)
-    bn_mode: Literal["train", "frozen"] = "train"  # frozen: keep BN statistics (paper at OS8)
-    channels_last: bool = False  # NHWC memory format (faster convs on many CPUs/GPUs)
-    activation_checkpointing: bool = False  # recompute backbone activations in backward (OS8)
-    val_every: int = 2000  # validate (and checkpoint) every this many iterations; 0: at the end
-    checkpoint_every: int = 1000  # also write last.pt every this many iterations (0: off)
-    checkpoint_minutes: float = 0.0  # also write last.pt after this much wall time (0: off)
-    log_every: int = 20  # write loss/lr to the logs every this many iterations
-    output_dir: str = "runs/train"  # checkpoints, logs, curves, resolved config
-    resume: bool = True  # continue from output_dir/last.pt when it exists
-    stop_after: int | None = None  # end this invocation after this iteration (resumable later)
-    seed: int = 0  # weights, data order and augmentation
-    backbone_weights: str | None = None  # ImageNet start: IMAGENET1K_V2, tf_in1k, tf:…, a file
-    init_from: str | None = None  # saved model folder/repo or tf:… to fine-tune (new classifier)
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", …
-    progress: bool = True  # show a progress bar
-
-
-@dataclass
-class TrainConfig:
-    """A whole training run; saved as ``config.yaml`` beside its checkpoints."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.to_dict(),
-            "data": dataclasses.asdict(self.data),
-            "optim": dataclasses.asdict(self.optim),
-            "run": dataclasses.asdict(self.run),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = set(data) - {"model", "data", "optim", "run"}
-        if unknown:
-            raise ValueError(f"unknown config sections: {sorted(unknown)}")
-        return cls(
-            ModelConfig.from_dict(data.get("model", {})),
-            DataConfig(**data.get("data", {})),
-            OptimConfig(**data.get("optim", {})),
-            RunConfig(**data.get("run", {})),
-        )
 
 
 @dataclass
