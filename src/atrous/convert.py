@@ -36,8 +36,10 @@ from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, DeepLabV
 from atrous.backbones.weights import WEIGHT_FILE_SUFFIXES
 from atrous.checkpoint import load_checkpoint, load_weights, read_safetensors, read_weights
 from atrous.config import ModelConfig
+from atrous.data import dataset_labels
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 from atrous.model import DeepLab, build_model
+from atrous.train_config import TrainConfig
 
 Rules = tuple[tuple[str, str], ...]
 State = dict[str, torch.Tensor]
@@ -272,10 +274,16 @@ def from_smp(
 
 
 def from_checkpoint(path: str | os.PathLike) -> DeepLab:
-    """The model of an atrous training checkpoint (``best.pt``/``last.pt``), read tensors-only."""
+    """The model of an atrous training checkpoint (``best.pt``/``last.pt``), read tensors-only,
+    with its dataset's class names and colours when the run's data config tells them: the one
+    checkpoint loader of prediction, evaluation, conversion and training's final export."""
     state = load_checkpoint(path)
-    config = ModelConfig.from_dict(state["config"]["model"])
-    return _convert(state["model"], config, f"{path}")
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not an atrous training checkpoint (no model/config)")
+    run = TrainConfig.from_dict(state["config"])
+    model = _convert(state["model"], run.model, f"{path}")
+    model.class_names, model.palette = dataset_labels(run.data)
+    return model
 
 
 def convert(

@@ -189,17 +189,17 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
 def normalise_images(
     images: Sequence[np.ndarray | torch.Tensor], mean: Sequence[float], std: Sequence[float]
 ) -> list[torch.Tensor]:
-    """Images → normalised (1, 3, H, W) float tensors: (H, W, 3) uint8 RGB arrays go through
-    the evaluation's own :func:`~atrous.data.transforms.normalisation`; tensors are taken as
-    already normalised."""
+    """Images → normalised (1, 3, H, W) float tensors, the one way every inference path
+    normalises: (H, W, 3) uint8 RGB arrays go through the evaluation's own
+    :func:`~atrous.data.transforms.normalisation`; tensors are taken as already normalised."""
     transform = normalisation(mean, std)
     batches = []
     for image in images:
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(
-                    f"calibration arrays must be (H, W, 3) uint8 RGB, got {image.shape} "
-                    f"of {image.dtype}"
+                    f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} of "
+                    f"{image.dtype}"
                 )
             pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
             batches.append(transform(tv_tensors.Image(pixels))[None])

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
-from torchvision import tv_tensors
 from tqdm import tqdm
 
-from atrous.checkpoint import load_checkpoint, load_weights
-from atrous.data import DataConfig, SegmentationDataset, dataset_labels
+from atrous.convert import from_checkpoint
+from atrous.data import DataConfig, SegmentationDataset
 from atrous.data.folder import IMAGE_SUFFIXES
 from atrous.data.io import DataError, read_image
 from atrous.data.palettes import voc_palette
-from atrous.data.transforms import normalisation
 from atrous.distributed import DistributedEnv
 from atrous.evaluate import Evaluation, evaluate_dataset
 from atrous.export import OnnxNetwork
@@ -43,7 +41,6 @@ from atrous.precision import autocast
 from atrous.published import load_model, resolve_source
 from atrous.train_config import TrainConfig
 from atrous.visualize import colorize, overlay, palette_image
-from atrous.zoo import build_model
 
 #: Where ``atrous demo`` saves its model; the default of ``atrous predict``/``eval``/``export``.
 DEMO_MODEL = "runs/demo/model"
@@ -72,16 +69,10 @@ class Segmenter:
             self.palette = voc_palette(self.num_classes)
         if self.class_names is None:
             self.class_names = tuple(f"class {i}" for i in range(self.num_classes))
-        self._transform = normalisation(self.mean, self.std)
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB → (C, H, W) class probabilities at the image's size."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} of {image.dtype}"
-            )
-        pixels = tv_tensors.Image(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1))
-        batch = self._transform(pixels).unsqueeze(0).to(self.device)
+        batch = normalise_images([image], self.mean, self.std)[0].to(self.device)
         with autocast(self.device, self.precision):
             return segment(self.network, batch, self.inference)[0]
 
@@ -250,13 +241,8 @@ def load_segmenter(
         model = load_model(path)
         class_names, palette = model.class_names, model.palette
     elif path.is_file():
-        state = load_checkpoint(path)
-        if not isinstance(state, dict) or "model" not in state or "config" not in state:
-            raise ValueError(f"{path} is not an atrous training checkpoint (no model/config)")
-        config = TrainConfig.from_dict(state["config"])
-        model = build_model(config.model)
-        load_weights(model, state["model"], source=str(path))
-        class_names, palette = dataset_labels(config.data)
+        model = from_checkpoint(path)
+        class_names, palette = model.class_names, model.palette
     else:
         raise FileNotFoundError(f"no model at {path} (a model folder, .pt checkpoint or .onnx)")
     model = model.to(device).eval()

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from atrous.backbones.weights import load_backbone_weights
 from atrous.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from atrous.convert import from_checkpoint
 from atrous.data import (
     DataError,
     SegmentationDataset,
@@ -587,12 +588,11 @@ def _save_best_model(run: Training) -> None:
     config.json with the classes and colours, a model card with the training summary."""
     config, env, state = run.config, run.env, run.state
     plot_curves(run.output_dir / "metrics.jsonl", run.output_dir / "curves.png")
-    best = build_model(config.model)
-    best.load_state_dict(
-        load_checkpoint(run.best_path)["model"]
-        if run.best_path.is_file()
-        else state.model.state_dict()
-    )
+    if run.best_path.is_file():
+        best = from_checkpoint(run.best_path)
+    else:
+        best = build_model(config.model)
+        best.load_state_dict(state.model.state_dict())
     best.to(env.device)
     scored = state.best_miou >= 0  # validation ran at least once
     summary = TrainingSummary(

@@ -22,6 +22,8 @@ _BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "resnet101": {},
     "resnet50_beta": {},
     "resnet101_beta": {},
+    "resnet50_v1c": {},
+    "resnet101_v1c": {},
     "xception41": {"separable": True},
     "xception65": {"separable": True},
     "xception71": {"separable": True},
