@@ -52,6 +52,7 @@ import atrous
 from atrous.convert import from_smp, from_torchvision
 from atrous.export import OnnxNetwork
 from atrous.fast import fold_batchnorm, optimize_for_inference, quantize_onnx, session_options
+from atrous.precision import autocast
 from atrous.profile import describe_device, profile_model
 
 Runner = Callable[[torch.Tensor], Any]
@@ -229,15 +230,15 @@ class Contender:
 
 
 def eager(
-    model: nn.Module, device: torch.device, channels_last: bool = False, dtype=None
+    model: nn.Module, device: torch.device, channels_last: bool = False, precision: str = "fp32"
 ) -> Runner:
-    """Eager PyTorch, optionally channels_last and under autocast."""
+    """Eager PyTorch, optionally channels_last and under atrous's autocast."""
     format_ = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=format_)
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, precision):
             return model(x.to(device).contiguous(memory_format=format_)).float()
 
     return run
@@ -507,7 +508,7 @@ def _peer_eager(
             "peer",
             "eager bf16 autocast, channels_last, BN folded",
             "bf16",
-            lambda: eager(fold_batchnorm(peer, crop), device, True, torch.bfloat16),
+            lambda: eager(fold_batchnorm(peer, crop), device, True, "bf16"),
         ),
     ]
 
@@ -609,12 +610,12 @@ def train_step_runner(
     model: nn.Module,
     device: torch.device,
     size: tuple[int, int],
-    dtype: torch.dtype | None = None,
+    precision: str = "fp32",
     checkpointing: bool = False,
 ) -> Callable[[], None]:
     """One SGD step on a batch of 2 (cross-entropy on random labels), as atrous.train runs it."""
     model = copy.deepcopy(model).to(device).train()
-    channels_last = dtype is not None
+    channels_last = precision != "fp32"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if checkpointing:
@@ -628,7 +629,7 @@ def train_step_runner(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, precision):
             logits = model(images)
         F.cross_entropy(logits.float(), labels).backward()
         optimizer.step()
@@ -638,7 +639,7 @@ def train_step_runner(
 
 def measure_training(row: Row, model, peer, device, rounds: int) -> list[dict[str, Any]]:
     """Median step time and peak step memory, interleaved over the variants."""
-    low = torch.bfloat16 if device.type == "cpu" else torch.float16
+    low = "bf16" if device.type == "cpu" else "fp16"
     size = (321, 321)
     peer_size = (320, 320) if row.peer_name.startswith("smp") else size  # smp: multiples of 16
     variants: list[tuple[str, str, Callable[[], Callable[[], None]]]] = []
