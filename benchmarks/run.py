@@ -51,8 +51,10 @@ from torch import nn
 import atrous
 from atrous.convert import from_smp, from_torchvision
 from atrous.export import OnnxNetwork
-from atrous.fast import fold_batchnorm, optimize_for_inference, quantize_onnx, session_options
+from atrous.fast import fold_batchnorm, quantize_onnx, session_options
+from atrous.inference import InferenceConfig
 from atrous.precision import autocast
+from atrous.predict import Segmenter, fast_segmenter
 from atrous.profile import describe_device, profile_model
 
 Runner = Callable[[torch.Tensor], Any]
@@ -280,10 +282,21 @@ class OnnxFile:
         return self.session(int8=True)
 
 
-def fast(model: atrous.DeepLab, example: torch.Tensor, precision: str, **kwargs: Any) -> Runner:
-    """atrous.optimize_for_inference. The fp32 agreement is recorded, not enforced: random deep
-    networks carry fp32 noise near 1e-4 in eager mode itself (trained ones: about 1e-5)."""
-    return optimize_for_inference(model, example, precision=precision, tolerance=1.0, **kwargs)
+def fast(
+    model: atrous.DeepLab, precision: str, calibration: list[torch.Tensor], **kwargs: Any
+) -> Runner:
+    """atrous's fast path as every command builds it: the model's Segmenter through
+    ``fast_segmenter`` (examples are already at their sizes: no alignment padding). The first
+    calibration batch is the agreement check's example."""
+    segmenter = Segmenter(
+        model,
+        model.config.mean,
+        model.config.std,
+        model.num_classes,
+        inference=InferenceConfig(align=False),
+        device=next(model.parameters()).device,
+    )
+    return fast_segmenter(segmenter, precision, calibration, **kwargs).network
 
 
 # ---------------------------------------------------------------------------- rows
@@ -577,13 +590,13 @@ def _ours(
             "atrous",
             "optimize_for_inference fp32",
             "fp32",
-            lambda: fast(model, ours, "fp32", workdir=workdirs["fp32"]),
+            lambda: fast(model, "fp32", [ours], workdir=workdirs["fp32"]),
             True,
             (lambda: OnnxNetwork(fixed, options=session_options()))
             if device.type == "cpu"
             else None,
         ),
-        Contender("atrous", f"optimize_for_inference {low}", low, lambda: fast(model, ours, low)),
+        Contender("atrous", f"optimize_for_inference {low}", low, lambda: fast(model, low, [ours])),
     ]
     if device.type == "cpu" and (row.int8 or all_paths):
         items.append(
@@ -591,9 +604,7 @@ def _ours(
                 "atrous",
                 "optimize_for_inference int8",
                 "int8",
-                lambda: fast(
-                    model, ours, "int8", calibration=calibration, workdir=workdirs["int8"]
-                ),
+                lambda: fast(model, "int8", calibration, workdir=workdirs["int8"]),
                 True,
                 lambda: OnnxNetwork(
                     workdirs["int8"] / "model.int8.onnx", options=session_options()

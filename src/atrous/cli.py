@@ -433,7 +433,7 @@ def export(
         output: the file to write.
         format: onnx (checked against ONNX Runtime at two sizes) or pt2 (torch.export).
         opset: ONNX opset version.
-        check: compare the ONNX file's outputs with the eager model's (fails above 1e-5 of the
+        check: compare the ONNX file's outputs with the eager model's (fails above 1e-4 of the
             logits' scale).
     """
     segmenter = load_segmenter(model)

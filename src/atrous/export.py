@@ -25,9 +25,9 @@ METADATA_KEY = "atrous"
 #: Input sizes of the parity check: two, neither a multiple of 16 nor square.
 CHECK_SIZES = ((97, 129), (161, 113))
 #: Largest accepted max |Δlogit| as a share of the reference logits' scale (max |logit|, at least
-#: 1): fp32 rounding in another runtime stays near 1e-6 of it, from an untrained network's
-#: ±200 logits to a trained one's ±20; a wrong graph is off by far more.
-RELATIVE_TOLERANCE = 1e-5
+#: 1): fp32 rounding in another runtime measured 1e-6 to 2e-5 of it (untrained ResNet-101 with
+#: ±200 logits, random MobileNetV2 with ±17); a graph that is wrong by 0.1% is refused.
+RELATIVE_TOLERANCE = 1e-4
 
 
 #: Batch, height and width are free in the exported graph.

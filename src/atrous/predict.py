@@ -298,14 +298,17 @@ def calibration_images(inputs: Sequence[str | Path], count: int = CALIBRATION_IM
 def fast_segmenter(
     segmenter: Segmenter,
     precision: Precision = "fp32",
-    calibration: Sequence[np.ndarray] = (),
+    calibration: Sequence[np.ndarray | torch.Tensor] = (),
     backend: Backend = "auto",
+    workdir: str | Path | None = None,
 ) -> Segmenter:
-    """``segmenter`` running on :func:`optimize_for_inference`'s network (``--fast``).
+    """``segmenter`` running on :func:`optimize_for_inference`'s network (``--fast``, the page,
+    the benchmark).
 
     The inference strategy's output stride is applied to the model while the fast network is
     built (a fast network's is fixed), then restored; the first calibration image, when there is
-    one, is the agreement check's example.
+    one, is the agreement check's example, padded as ``segment()`` will pad inputs. ``workdir``
+    keeps the ONNX files (see :func:`optimize_for_inference`).
     """
     model = segmenter.network
     if not isinstance(model, DeepLab):
@@ -317,9 +320,14 @@ def fast_segmenter(
         example = None
         if calibration:  # as segment() will run it: padded to the aligned size
             example = normalise_images(calibration[:1], segmenter.mean, segmenter.std)[0]
-            example = align_input(model, example)
+            example = align_input(model, example) if inference.align else example
         network = optimize_for_inference(
-            model, example, precision=precision, backend=backend, calibration=calibration
+            model,
+            example,
+            precision=precision,
+            backend=backend,
+            calibration=calibration,
+            workdir=workdir,
         )
     inference = dataclasses.replace(inference, output_stride=None)
     return dataclasses.replace(segmenter, network=network, inference=inference, precision="fp32")
