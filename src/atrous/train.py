@@ -58,8 +58,22 @@ from atrous.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop, i
 from atrous.profile import describe_device, measure_latency
 from atrous.published import backbone_weights_file, is_published, load_model
 from atrous.summary import TrainingSummary
-from atrous.train_config import OptimConfig, TrainConfig
+from atrous.train_config import OptimConfig, RunConfig, TrainConfig
 from atrous.zoo import build_model
+
+#: The training API; the configurations live in :mod:`atrous.train_config` and are importable
+#: from here as before.
+__all__ = [
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingPreempted",
+    "build_optimizer",
+    "poly_schedule",
+    "segmentation_loss",
+    "train",
+]
 
 #: Below this many images per device, BN statistics get noisy (paper §4: batch 16 to train BN).
 SMALL_BN_BATCH = 8
