@@ -84,6 +84,14 @@ SMP_DEFAULTS: dict[str, Any] = {
 RESNET_BY_STAGE3 = {6: "resnet50", 23: "resnet101"}
 
 
+def image_pool_last(projection: torch.Tensor) -> torch.Tensor:
+    """An ASPP projection weight (out, branches·out, kh, kw) whose input puts the image-pooling
+    branch first (the official TF code, transformers, mmsegmentation) → ours, which puts it last
+    (torchvision's order). Every branch has as many channels as the projection's output."""
+    width = projection.shape[0]
+    return torch.cat([projection[:, width:], projection[:, :width]], 1)
+
+
 def rename(state: Mapping[str, torch.Tensor], rules: Rules, dropped: Sequence[str]) -> State:
     """Map ``state`` to our names by the first matching rule; unmatched names are an error."""
     compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]

@@ -24,7 +24,7 @@ from huggingface_hub import hf_hub_download
 
 from atrous.checkpoint import load_weights, read_weights
 from atrous.config import ModelConfig
-from atrous.convert import rename
+from atrous.convert import image_pool_last, rename
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 from atrous.model import DeepLab, build_model
 
@@ -109,9 +109,7 @@ def _adjust(state: dict[str, torch.Tensor], backbone_eps: float) -> dict[str, to
         if key.startswith("backbone.") and key.endswith("running_var"):
             value = value + (backbone_eps - OUR_EPS)
         out[key] = value
-    projection = out["aspp.project.0.weight"]
-    pool = projection.shape[0]
-    out["aspp.project.0.weight"] = torch.cat([projection[:, pool:], projection[:, :pool]], 1)
+    out["aspp.project.0.weight"] = image_pool_last(out["aspp.project.0.weight"])
     return out
 
 

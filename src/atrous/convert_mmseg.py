@@ -21,7 +21,7 @@ import torch
 
 from atrous.checkpoint import load_checkpoint, load_weights
 from atrous.config import ModelConfig
-from atrous.convert import RESNET_BY_STAGE3, rename
+from atrous.convert import RESNET_BY_STAGE3, image_pool_last, rename
 from atrous.model import DeepLab, build_model
 
 MMSEG_RULES = (
@@ -103,9 +103,7 @@ def from_mmseg(
         key.replace("POOL", str(pool)): value
         for key, value in rename(state, MMSEG_RULES, MMSEG_DROPPED).items()
     }
-    projection = renamed["aspp.project.0.weight"]
-    width = config.aspp_channels  # the pooled branch comes first in mmsegmentation's concat
-    renamed["aspp.project.0.weight"] = torch.cat([projection[:, width:], projection[:, :width]], 1)
+    renamed["aspp.project.0.weight"] = image_pool_last(renamed["aspp.project.0.weight"])
     load_weights(model, renamed, source="mmsegmentation weights")
     return model.eval(), names
 

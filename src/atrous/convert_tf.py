@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from atrous.checkpoint import load_weights
 from atrous.config import ModelConfig
+from atrous.convert import image_pool_last
 from atrous.data import ADE20K, Cityscapes, VOCSegmentation
 from atrous.model import DeepLab, build_model
 from atrous.tf_checkpoint import read_tf_checkpoint
@@ -256,9 +257,7 @@ def _tensor(variable: Variable, array: np.ndarray) -> torch.Tensor:
         kh, kw, channels, multiplier = array.shape
         array = array.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw)
     elif variable.layout == "pool_first":  # the official concat puts image pooling first
-        array = array.transpose(3, 2, 0, 1)
-        pool = array.shape[0]  # each ASPP branch has as many channels as the projection
-        array = np.concatenate([array[:, pool:], array[:, :pool]], axis=1)
+        return image_pool_last(_tensor(Variable(variable.name, "conv"), array))
     elif variable.layout == "mobilenet_var":  # the official eps 1e-3 on our eps-1e-5 BN
         array = array + (MOBILENET_TF_EPS - 1e-5)
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
