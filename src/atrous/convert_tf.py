@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from atrous.checkpoint import load_weights
 from atrous.config import ModelConfig
 from atrous.convert import image_pool_last
-from atrous.data import ADE20K, Cityscapes, VOCSegmentation
+from atrous.data import DataConfig, dataset_labels
 from atrous.model import DeepLab, build_model
 from atrous.tf_checkpoint import read_tf_checkpoint
 
@@ -331,13 +331,6 @@ def from_tf_checkpoint(
     return from_tf_variables(read_tf_checkpoint(source), crop_size)
 
 
-def _dataset_labels(dataset: str) -> tuple[tuple[str, ...], tuple]:
-    readers = {"voc": VOCSegmentation, "cityscapes": Cityscapes, "ade20k": ADE20K}
-    if dataset not in readers:
-        raise ValueError(f"dataset must be one of {', '.join(readers)}, got {dataset!r}")
-    return readers[dataset].classes, readers[dataset].palette
-
-
 def drop_first_class(model: DeepLab) -> DeepLab:
     """The model without class 0: the official ADE20K models predict 151 classes whose 0
     ("other") is the ignore label in training; atrous's ADE20K reader has the other 150."""
@@ -369,7 +362,7 @@ def convert_tf(
     model, report = from_tf_variables(variables, crop_size)
     names = palette = None
     if dataset is not None:
-        names, palette = _dataset_labels(dataset)
+        names, palette = dataset_labels(DataConfig(dataset=dataset))
         if dataset == "ade20k" and model.num_classes == len(names) + 1:
             model = drop_first_class(model)
     model.save_pretrained(output, class_names=names, palette=palette)
