@@ -54,6 +54,8 @@ from atrous.published import (
     resolve_source,
 )
 from atrous.serve import MAX_UPLOAD_MB, launch
+from atrous.losses import LossConfig
+from atrous.overfit import OverfitFailed, overfit_check
 from atrous.train import TrainingPreempted
 from atrous.train import train as run_training
 from atrous.train_config import OptimConfig, RunConfig, TrainConfig
@@ -161,16 +163,21 @@ def train(
     data: DataConfig = DataConfig(),  # noqa: B008
     optim: OptimConfig = OptimConfig(),  # noqa: B008
     run: RunConfig = RunConfig(),  # noqa: B008
+    loss: LossConfig = LossConfig(),  # noqa: B008
 ) -> None:
     """Train a model; any field can come from --config YAML files and --section.field flags.
 
     Args:
         model: the model configuration (see ``atrous models`` for named ones).
-        data: dataset and augmentation.
+        data: dataset, task (multiclass, binary, multilabel) and augmentation.
         optim: optimizer and learning-rate schedule.
         run: iterations, batch, precision, BN mode, logging, output folder.
+        loss: loss terms and their weights, class weights, hard-pixel mining, auxiliary head.
     """
-    result = run_training(TrainConfig(model, data, optim, run))
+    if run.overfit_batch:
+        overfit_check(TrainConfig(model, data, optim, run, loss))
+        return
+    result = run_training(TrainConfig(model, data, optim, run, loss))
     if result.scores is not None and result.iteration == run.iterations:
         console.print(f"final validation mIoU {result.scores.mean_iou:.4f}")
     console.print(f"results in {result.output_dir}")
@@ -574,6 +581,9 @@ def main(args: list[str] | None = None) -> int:
     except TrainingPreempted as stop:  # after the step it was in, with last.pt written
         console.print(str(stop), style="bold yellow", markup=False, soft_wrap=True)
         return stop.exit_code
+    except OverfitFailed as failed:  # the pre-flight's verdict, not a crash
+        console.print(str(failed), style="bold red", markup=False, soft_wrap=True)
+        return 1
     except (ValueError, DataError, OSError, ExportCheckError, ImportError) as error:
         console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
         return 2

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atrous.backbones import BACKBONES
+from atrous.data.base import Task
 from atrous.layers import check_output_stride
 
 
@@ -22,6 +23,7 @@ class ModelConfig:
     backbone: str = "xception65"  # a key of atrous.backbones.BACKBONES
     decoder: bool = True  # True: DeepLabV3+, False: DeepLabV3
     num_classes: int | None = None  # output classes (PASCAL VOC: 21); None: the dataset's count
+    task: Task = "multiclass"  # multiclass (softmax), binary (2 classes), multilabel (sigmoids)
     output_stride: int = 16  # 8, 16 or 32; switchable later with set_output_stride
     separable: bool = False  # atrous separable convs in ASPP and decoder (the paper's "SC")
     aspp_channels: int = 256  # channels of every ASPP branch and of its projection
@@ -53,6 +55,12 @@ class ModelConfig:
         ):
             raise ValueError(
                 f"num_classes must be an integer of at least 1, got {self.num_classes!r}"
+            )
+        if self.task not in ("multiclass", "binary", "multilabel"):
+            raise ValueError(f"task must be multiclass, binary or multilabel, got {self.task!r}")
+        if self.task == "binary" and self.num_classes not in (None, 2):
+            raise ValueError(
+                f"a binary model has 2 classes (background, foreground), got {self.num_classes}"
             )
         if not isinstance(self.post_aspp_convs, int) or self.post_aspp_convs < 0:
             raise ValueError(

@@ -3,9 +3,10 @@ sliding windows (paper §4.3, Tables 3 and 5: train at OS16, evaluate at OS8 wit
 0.5–1.75 and flips).
 
 One function, :func:`segment`, turns a batch of normalised images into class probabilities at
-the input's size. Evaluation, ``atrous predict`` and the demo all call it, so they cannot drift
-apart. The network can be a :class:`~atrous.model.DeepLab` or any callable from an (N, 3, h, w)
-float tensor to (N, C, h, w) logits (an ONNX Runtime session, a compiled model).
+the input's size (softmax over classes; with ``multilabel``, a sigmoid per class). Evaluation,
+``atrous predict`` and the demo all call it, so they cannot drift apart. The network can be a
+:class:`~atrous.model.DeepLab` or any callable from an (N, 3, h, w) float tensor to (N, C, h, w)
+logits (an ONNX Runtime session, a compiled model).
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ def output_stride(network: Network, stride: int | None) -> Iterator[None]:
         network.set_output_stride(previous)
 
 
+def probabilities(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """Logits → probabilities in float32: softmax over the classes, or one sigmoid per class
+    for multilabel models (classes that may overlap)."""
+    logits = logits.float()
+    return logits.sigmoid() if multilabel else logits.softmax(1)
+
+
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows covering ``length`` pixels; the last one ends at the border."""
     if length <= window:
@@ -93,9 +101,14 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 def sliding_window(
-    network: Network, images: torch.Tensor, window: int, overlap: float, window_batch: int
+    network: Network,
+    images: torch.Tensor,
+    window: int,
+    overlap: float,
+    window_batch: int,
+    multilabel: bool = False,
 ) -> torch.Tensor:
-    """Average the softmax of overlapping ``window``×``window`` crops into (N, C, H, W).
+    """Average the probabilities of overlapping ``window``×``window`` crops into (N, C, H, W).
 
     Images smaller than the window are padded with zeros (the mean pixel after normalisation)
     and the padding is cut off again. Memory: one (C, H, W) accumulator per image and
@@ -115,7 +128,7 @@ def sliding_window(
     for first in range(0, len(boxes), window_batch):
         chunk = boxes[first : first + window_batch]
         crops = torch.cat([padded[..., t : t + window, s : s + window] for t, s in chunk])
-        probs = network(crops).float().softmax(1)
+        probs = probabilities(network(crops), multilabel)
         if first == 0:
             total = probs.new_zeros(n, probs.shape[1], *padded.shape[2:])
         for i, (top, left) in enumerate(chunk):
@@ -149,19 +162,27 @@ def align_input(network: Network, images: torch.Tensor) -> torch.Tensor:
     return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
 
 
-def _probabilities(network: Network, images: torch.Tensor, config: InferenceConfig) -> torch.Tensor:
+def _probabilities(
+    network: Network, images: torch.Tensor, config: InferenceConfig, multilabel: bool
+) -> torch.Tensor:
     if config.window is not None:
-        return sliding_window(network, images, config.window, config.overlap, config.window_batch)
+        return sliding_window(
+            network, images, config.window, config.overlap, config.window_batch, multilabel
+        )
     height, width = images.shape[-2:]
     inputs = align_input(network, images) if config.align else images
-    return network(inputs)[..., :height, :width].float().softmax(1)
+    return probabilities(network(inputs)[..., :height, :width], multilabel)
 
 
 @torch.no_grad()
 def segment(
-    network: Network, images: torch.Tensor, config: InferenceConfig = InferenceConfig()
+    network: Network,
+    images: torch.Tensor,
+    config: InferenceConfig = InferenceConfig(),
+    multilabel: bool = False,
 ) -> torch.Tensor:
-    """(N, 3, H, W) normalised images → (N, C, H, W) class probabilities at the input size.
+    """(N, 3, H, W) normalised images → (N, C, H, W) class probabilities at the input size
+    (per-class sigmoids for a ``multilabel`` network).
 
     Each scale resizes the input (bilinear, corners aligned as in the official code), runs it
     whole or in windows, with its mirror image when ``flip``, and the probabilities, resized
@@ -175,7 +196,7 @@ def segment(
             scaled = images if size == (height, width) else resize(images, size)
             views = [scaled, scaled.flip(-1)] if config.flip else [scaled]
             for flipped, view in enumerate(views):
-                probs = _probabilities(network, view, config)
+                probs = _probabilities(network, view, config, multilabel)
                 if flipped:
                     probs = probs.flip(-1)
                 if probs.shape[-2:] != (height, width):

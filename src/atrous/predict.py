@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from atrous.convert import from_checkpoint
 from atrous.data import DataConfig, SegmentationDataset
+from atrous.data.base import Task
 from atrous.data.folder import IMAGE_SUFFIXES
 from atrous.data.io import DataError, read_image
 from atrous.data.palettes import voc_palette
@@ -40,7 +41,7 @@ from atrous.model import DeepLab
 from atrous.precision import autocast
 from atrous.published import load_model, resolve_source
 from atrous.train_config import TrainConfig
-from atrous.visualize import colorize, overlay, palette_image
+from atrous.visualize import colorize, overlay, overlay_multilabel, palette_image
 
 #: Where ``atrous demo`` saves its model; the default of ``atrous predict``/``eval``/``export``.
 DEMO_MODEL = "runs/demo/model"
@@ -51,7 +52,9 @@ class Segmenter:
     """A trained network with what it needs to run on raw images.
 
     ``network`` is a DeepLab module or any callable from normalised (N, 3, H, W) images to
-    logits (e.g. an ONNX Runtime session wrapper).
+    logits (e.g. an ONNX Runtime session wrapper). ``task`` says how logits become labels: the
+    most probable class (multiclass, binary) or every class whose sigmoid exceeds 0.5
+    (multilabel).
     """
 
     network: Network
@@ -63,6 +66,7 @@ class Segmenter:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     precision: str = "fp32"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    task: Task = "multiclass"
 
     def __post_init__(self) -> None:
         if self.palette is None:
@@ -70,15 +74,22 @@ class Segmenter:
         if self.class_names is None:
             self.class_names = tuple(f"class {i}" for i in range(self.num_classes))
 
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 RGB → (C, H, W) class probabilities at the image's size."""
         batch = normalise_images([image], self.mean, self.std)[0].to(self.device)
         with autocast(self.device, self.precision):
-            return segment(self.network, batch, self.inference)[0]
+            return segment(self.network, batch, self.inference, self.multilabel)[0]
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB → (H, W) uint8 label map."""
-        return self.probabilities(image).argmax(0).to(torch.uint8).cpu().numpy()
+        """(H, W, 3) uint8 RGB → (H, W) uint8 label map; multilabel: (C, H, W) uint8 of 0/1."""
+        probabilities = self.probabilities(image)
+        if self.multilabel:
+            return (probabilities > 0.5).to(torch.uint8).cpu().numpy()
+        return probabilities.argmax(0).to(torch.uint8).cpu().numpy()
 
     def evaluate(
         self,
@@ -167,6 +178,52 @@ def segment_file(
     return image, segmenter(image)
 
 
+def write_prediction(
+    segmenter: Segmenter,
+    image: np.ndarray,
+    labels: np.ndarray,
+    stem: str,
+    output_dir: Path,
+    overlays: bool = True,
+    figures: bool = False,
+) -> list[Path]:
+    """Write one image's outputs under ``output_dir``; return the files written.
+
+    ``masks/<stem>.png``: a palette PNG of class indices, or for binary models a greyscale PNG
+    of 0 (background) and 255 (foreground), or for multilabel models one 0/255 PNG per class in
+    ``masks/<stem>/<class>.png``. ``overlays/<stem>.png``: the colours blended over the image;
+    with ``figures``, ``figures/<stem>.png``: image | overlay | labels (not for multilabel).
+    """
+    palette = segmenter.palette
+    written = []
+    if segmenter.multilabel:
+        folder = output_dir / "masks" / stem
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, mask in zip(segmenter.class_names, labels, strict=True):
+            written.append(folder / f"{_file_name(name)}.png")
+            Image.fromarray(mask * np.uint8(255)).save(written[-1])
+        coloured = overlay_multilabel(image, labels, palette)
+    else:
+        written.append(output_dir / "masks" / f"{stem}.png")
+        if segmenter.task == "binary":
+            Image.fromarray((labels > 0).astype(np.uint8) * np.uint8(255)).save(written[-1])
+        else:
+            palette_image(labels, palette).save(written[-1])
+        coloured = overlay(image, labels, palette)
+    if overlays:
+        written.append(output_dir / "overlays" / f"{stem}.png")
+        Image.fromarray(coloured).save(written[-1])
+    if figures and not segmenter.multilabel:
+        written.append(output_dir / "figures" / f"{stem}.png")
+        Image.fromarray(side_by_side(image, labels, palette)).save(written[-1])
+    return written
+
+
+def _file_name(class_name: str) -> str:
+    """A class name as a file name (path separators and spaces replaced)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in class_name) or "class"
+
+
 def predict_files(
     segmenter: Segmenter,
     inputs: Sequence[str | Path],
@@ -175,9 +232,8 @@ def predict_files(
     figures: bool = False,
     progress: bool = True,
 ) -> PredictReport:
-    """Segment every input image and write, under ``output_dir``, ``masks/<stem>.png`` (palette
-    PNG of class indices, the input's size), ``overlays/<stem>.png`` and, with ``figures``,
-    ``figures/<stem>.png`` (image | overlay | labels).
+    """Segment every input image and write its outputs under ``output_dir`` (see
+    :func:`write_prediction`: masks at the input's size, overlays, optional figures).
 
     A file that cannot be read is reported in the result and the others are still processed.
     """
@@ -194,18 +250,9 @@ def predict_files(
         except DataError as error:
             report.failed.append((path, str(error)))
             continue
-        palette = segmenter.palette
-        mask_path = output_dir / "masks" / f"{path.stem}.png"
-        palette_image(labels, palette).save(mask_path)
-        report.written.append(mask_path)
-        if overlays:
-            overlay_path = output_dir / "overlays" / f"{path.stem}.png"
-            Image.fromarray(overlay(image, labels, palette)).save(overlay_path)
-            report.written.append(overlay_path)
-        if figures:
-            figure_path = output_dir / "figures" / f"{path.stem}.png"
-            Image.fromarray(side_by_side(image, labels, palette)).save(figure_path)
-            report.written.append(figure_path)
+        report.written += write_prediction(
+            segmenter, image, labels, path.stem, output_dir, overlays, figures
+        )
     return report
 
 
@@ -236,6 +283,7 @@ def load_segmenter(
             inference,
             precision,
             torch.device("cpu"),
+            meta.get("config", {}).get("task", "multiclass"),
         )
     if path.is_dir():
         model = load_model(path)
@@ -260,6 +308,7 @@ def load_segmenter(
         inference,
         precision,
         device,
+        config.task,
     )
 
 

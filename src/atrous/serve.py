@@ -112,6 +112,11 @@ class PageModel:
                 f"{source}: atrous serve needs a saved model folder or a training checkpoint "
                 "(an exported file has a fixed output stride)"
             )
+        if self._native.multilabel:
+            raise ValueError(
+                f"{source} is a multilabel model (classes may overlap); the page shows one class "
+                "per pixel: use `atrous predict`, which writes one mask per class"
+            )
         #: The output stride the model was saved at (the page's default).
         self.output_stride: int = self._native.network.output_stride
         #: Whether the model segments the built-in scenes (then the page offers some).

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -46,10 +46,12 @@ from atrous.data import (
     build_dataset,
     training_transform,
 )
+from atrous.data.balance import class_weights
 from atrous.data.checks import sample_labels
 from atrous.data.sampler import AugmentedSamples, EpochSampler
 from atrous.distributed import DistributedEnv, init_distributed, shutdown_distributed
 from atrous.evaluate import evaluate_dataset
+from atrous.losses import SegmentationLoss, build_loss
 from atrous.metrics import SegmentationScores
 from atrous.model import DeepLab
 from atrous.plots import plot_curves
@@ -71,7 +73,6 @@ __all__ = [
     "TrainingPreempted",
     "build_optimizer",
     "poly_schedule",
-    "segmentation_loss",
     "train",
 ]
 
@@ -147,12 +148,16 @@ def freeze_bn_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
-) -> torch.Tensor:
-    """Per-pixel cross-entropy averaged over labelled pixels (0 when a batch has none)."""
-    loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    return loss / (target != ignore_index).sum().clamp(min=1)
+class TrainingForward(nn.Module):
+    """The model as training runs it: ``forward_train`` (main and auxiliary logits) behind
+    ``forward``, so that DistributedDataParallel sees the call it synchronises."""
+
+    def __init__(self, model: DeepLab) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.forward_train(images)
 
 
 class RunLog:
@@ -181,19 +186,48 @@ class RunLog:
             self.writer.close()
 
 
-def _with_dataset_classes(config: TrainConfig, num_classes: int) -> TrainConfig:
-    """``config`` with ``model.num_classes`` taken from the dataset when it is not set; a count
-    given explicitly must match the dataset's."""
-    given = config.model.num_classes
-    if given is None:
-        return dataclasses.replace(config, model=config.model.replace(num_classes=num_classes))
-    if given != num_classes:
+def with_dataset_classes(config: TrainConfig, num_classes: int) -> TrainConfig:
+    """``config`` with the dataset's task (``data.task``) and, unless set, its class count
+    (``model.num_classes``); a count or task given on the model that differs is an error."""
+    model, task = config.model, config.data.task
+    if model.task not in ("multiclass", task):
+        raise ValueError(
+            f"model.task is {model.task!r} but data.task is {task!r}; the task is set on the "
+            f"data (--data.task {model.task})"
+        )
+    given = model.num_classes
+    if given is not None and given != num_classes:
         raise ValueError(
             f"model.num_classes is {given} but dataset {config.data.dataset!r} has {num_classes} "
             f"classes; set --model.num_classes {num_classes} (or leave it unset to take the "
             "dataset's)"
         )
-    return config
+    return dataclasses.replace(config, model=model.replace(num_classes=num_classes, task=task))
+
+
+def training_loss(
+    config: TrainConfig, dataset: SegmentationDataset, is_main: bool
+) -> SegmentationLoss:
+    """The configured loss; class weights as given, or from the training masks' pixel counts
+    (median frequency or inverse log; every mask of the split is read, masks only)."""
+    loss, classes = config.loss, dataset.num_classes
+    weights = None
+    if loss.class_weights is not None:
+        weights = torch.tensor(loss.class_weights, dtype=torch.float32)
+        if len(weights) != classes:
+            raise ValueError(
+                f"loss.class_weights has {len(weights)} values for {classes} classes "
+                f"({', '.join(dataset.classes)})"
+            )
+    elif loss.class_weighting != "none":
+        report = sample_labels(dataset, limit=len(dataset))
+        computed = class_weights(loss.class_weighting, report.pixels, report.present_pixels)
+        weights = torch.from_numpy(np.asarray(computed, dtype=np.float32))
+        if is_main:
+            pairs = zip(dataset.classes, computed, strict=True)
+            shown = ", ".join(f"{name} {weight:.3g}" for name, weight in pairs)
+            print(f"class weights ({loss.class_weighting}, {report.masks_read} masks): {shown}")
+    return build_loss(loss, config.model.task, classes, dataset.ignore_index, weights)
 
 
 def _check_config(config: TrainConfig, env: DistributedEnv) -> int:
@@ -216,7 +250,7 @@ def _check_config(config: TrainConfig, env: DistributedEnv) -> int:
     return micro
 
 
-def _check_labels(dataset: SegmentationDataset, is_main: bool) -> None:
+def check_labels(dataset: SegmentationDataset, is_main: bool) -> None:
     """Stop on label conventions that would train the wrong task (0/255 binary masks), warn about
     classes with no pixels; a sample of the masks is read (``atrous check-data`` reads all)."""
     report = sample_labels(dataset)
@@ -229,7 +263,7 @@ def _check_labels(dataset: SegmentationDataset, is_main: bool) -> None:
             warnings.warn(problem.message, stacklevel=3)
 
 
-def _prepare_model(
+def prepare_model(
     config: TrainConfig, env: DistributedEnv, resuming: bool
 ) -> tuple[DeepLab, nn.Module]:
     """Build the model, place it, and wrap it for DDP (SyncBN on CUDA). Starting weights
@@ -251,10 +285,11 @@ def _prepare_model(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
     model.to(env.device, memory_format=memory_format)
+    net = TrainingForward(model)
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
-        return model, DistributedDataParallel(model, device_ids=ids)
-    return model, model
+        return model, DistributedDataParallel(net, device_ids=ids)
+    return model, net
 
 
 @dataclass
@@ -323,7 +358,8 @@ class Training:
     train_set: SegmentationDataset
     val_set: SegmentationDataset
     micro: int  # images per process and micro-step
-    net: nn.Module  # the model as trained: DistributedDataParallel under torchrun
+    net: nn.Module  # the model as trained (TrainingForward; DistributedDataParallel under torchrun)
+    loss: SegmentationLoss
     state: TrainingState
     log: RunLog
     scores: SegmentationScores | None = None  # of the latest validation
@@ -397,25 +433,24 @@ def _start(config: TrainConfig, env: DistributedEnv) -> Training:
     """Read the data, check settings and labels, build or resume the model and optimizer."""
     train_set = build_dataset(config.data, "train")
     val_set = build_dataset(config.data, "val")
-    config = _with_dataset_classes(config, train_set.num_classes)
+    config = with_dataset_classes(config, train_set.num_classes)
     micro = _check_config(config, env)
-    _check_labels(train_set, env.is_main)
+    check_labels(train_set, env.is_main)
+    loss = training_loss(config, train_set, env.is_main)
     last_path = Path(config.run.output_dir) / "last.pt"
     resuming = config.run.resume and last_path.is_file()
-    model, net = _prepare_model(config, env, resuming)
+    model, net = prepare_model(config, env, resuming)
     state = TrainingState.create(model, config, env.device)
     if resuming:
         state.restore(last_path, env.device)
     log = _prepare_output(config, env, fresh=state.iteration == 0)
-    run = Training(config, env, train_set, val_set, micro, net, state, log)
+    run = Training(config, env, train_set, val_set, micro, net, loss, state, log)
     _announce(run)
     return run
 
 
-def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Micro-batches from the run's position on: each epoch a seeded order, cut to whole steps,
-    so a resumed run sees exactly the samples (and augmentations) an uninterrupted one would."""
-    config, env = run.config, run.env
+def training_samples(config: TrainConfig, dataset: SegmentationDataset) -> AugmentedSamples:
+    """The training set with the run's augmentation, seeded per (seed, epoch, index)."""
     data = config.data
     transform = training_transform(
         data.crop_size,
@@ -425,9 +460,17 @@ def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tenso
         data.scale_step,
         data.flip,
         data.color_jitter,
-        run.train_set.ignore_index,
+        dataset.ignore_index,
     )
-    samples = AugmentedSamples(run.train_set, transform, config.run.seed)
+    return AugmentedSamples(dataset, transform, config.run.seed)
+
+
+def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Micro-batches from the run's position on: each epoch a seeded order, cut to whole steps,
+    so a resumed run sees exactly the samples (and augmentations) an uninterrupted one would."""
+    config, env = run.config, run.env
+    data = config.data
+    samples = training_samples(config, run.train_set)
     sampler = EpochSampler(len(samples), run.micro, env.world_size, env.rank, config.run.seed)
     accumulate = config.run.accumulate
     steps_per_epoch = sampler.batches_per_epoch // accumulate
@@ -464,14 +507,12 @@ def _train_mode(run: Training) -> None:
         freeze_bn_statistics(run.state.model)
 
 
-def _step(
-    run: Training, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[float, float]:
-    """One optimizer step over ``accumulate`` micro-batches; returns the mean loss and the
-    learning rate the step used."""
+def _step(run: Training, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """One optimizer step over ``accumulate`` micro-batches; returns the loss terms (means over
+    the micro-batches, "loss" their weighted sum) and the learning rate ("lr") the step used."""
     config, env, state = run.config.run, run.env, run.state
     state.optimizer.zero_grad(set_to_none=True)
-    loss_sum = 0.0
+    logged: dict[str, float] = {}
     for micro_step in range(config.accumulate):
         images, masks = next(batches)
         images = images.to(env.device, non_blocking=True)
@@ -481,35 +522,31 @@ def _step(
         sync = micro_step == config.accumulate - 1 or not env.distributed
         no_sync = contextlib.nullcontext() if sync else run.net.no_sync()
         with no_sync, autocast(env.device, config.precision):
-            loss = segmentation_loss(run.net(images), masks, run.train_set.ignore_index)
+            loss, parts = run.loss(run.net(images), masks, state.iteration)
         state.scaler.scale(loss / config.accumulate).backward()
-        loss_sum += loss.item() / config.accumulate
-    if not math.isfinite(loss_sum):
-        raise FloatingPointError(f"loss became {loss_sum} at iteration {state.iteration}")
+        for name, value in {"loss": loss.item(), **parts}.items():
+            logged[name] = logged.get(name, 0.0) + value / config.accumulate
+    if not math.isfinite(logged["loss"]):
+        raise FloatingPointError(f"loss became {logged['loss']} at iteration {state.iteration}")
     state.scaler.step(state.optimizer)
     state.scaler.update()
-    lr = state.optimizer.param_groups[0]["lr"]
+    logged["lr"] = state.optimizer.param_groups[0]["lr"]
     state.scheduler.step()
     state.iteration += 1
-    return loss_sum, lr
+    return logged
 
 
-def _log_step(run: Training, loss: float, lr: float, bar: tqdm) -> None:
-    """Progress bar every step; loss, learning rate and images/s every ``log_every``."""
+def _log_step(run: Training, logged: dict[str, float], bar: tqdm) -> None:
+    """Progress bar every step; the loss terms, learning rate and images/s every
+    ``log_every``."""
     iteration, config = run.state.iteration, run.config.run
     run.images_seen += config.batch_size
     bar.update(1)
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+    bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}")
     if iteration % config.log_every == 0 or iteration == run.end:
         elapsed = time.perf_counter() - run.tick
-        run.log.write(
-            {
-                "iteration": iteration,
-                "loss": loss,
-                "lr": lr,
-                "images_per_s": run.images_seen / max(elapsed, 1e-9),
-            }
-        )
+        images_per_s = run.images_seen / max(elapsed, 1e-9)
+        run.log.write({"iteration": iteration, **logged, "images_per_s": images_per_s})
         run.tick, run.images_seen = time.perf_counter(), 0
 
 
@@ -581,8 +618,7 @@ def _train_until_end(run: Training, signals: StopSignals) -> str | None:
         total=run.end, initial=state.iteration, disable=not show, desc="train", dynamic_ncols=True
     ) as bar:
         while state.iteration < run.end:
-            loss, lr = _step(run, batches)
-            _log_step(run, loss, lr, bar)
+            _log_step(run, _step(run, batches), bar)
             due = _validation_due(run)
             stop = agree_to_stop(signals.received is not None, env.device)
             if due and not stop:

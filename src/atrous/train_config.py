@@ -1,4 +1,4 @@
-"""A training run's configuration: model, data, optimizer and run settings, saved as
+"""A training run's configuration: model, data, loss, optimizer and run settings, saved as
 ``config.yaml`` beside its checkpoints (and read back by ``--config``, inference and resume)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from atrous.config import ModelConfig
 from atrous.data import DataConfig
+from atrous.losses import LossConfig
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RunConfig:
     init_from: str | None = None  # saved model folder/repo or tf:… to fine-tune (new classifier)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", …
     progress: bool = True  # show a progress bar
+    overfit_batch: int = 0  # pre-flight: fit one batch this many steps, fail if loss stays high
 
 
 @dataclass
@@ -57,18 +59,20 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.to_dict(),
             "data": dataclasses.asdict(self.data),
+            "loss": dataclasses.asdict(self.loss),
             "optim": dataclasses.asdict(self.optim),
             "run": dataclasses.asdict(self.run),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = set(data) - {"model", "data", "optim", "run"}
+        unknown = set(data) - {"model", "data", "loss", "optim", "run"}
         if unknown:
             raise ValueError(f"unknown config sections: {sorted(unknown)}")
         return cls(
@@ -76,4 +80,5 @@ class TrainConfig:
             DataConfig(**data.get("data", {})),
             OptimConfig(**data.get("optim", {})),
             RunConfig(**data.get("run", {})),
+            LossConfig(**data.get("loss", {})),
         )

@@ -38,3 +38,16 @@ def overlay(
     clear = (mask == background)[..., None] if background is not None else False
     weight = np.where(clear, 0.0, alpha)
     return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
+
+
+def overlay_multilabel(
+    image: np.ndarray, masks: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> np.ndarray:
+    """Blend the mean colour of every class present at a pixel ((K, H, W) 0/1 ``masks``, classes
+    that may overlap) over an (H, W, 3) uint8 image; pixels of no class stay clear."""
+    present = masks.astype(np.float32)
+    count = present.sum(0)
+    colours = np.einsum("khw,kc->hwc", present, np.asarray(palette, np.float32)[: len(masks)])
+    colours /= np.maximum(count, 1)[..., None]
+    weight = np.where(count > 0, alpha, 0.0)[..., None]
+    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)

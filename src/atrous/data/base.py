@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -13,6 +14,10 @@ from torchvision import tv_tensors
 from atrous.data.io import DataError, read_image, read_mask
 
 IGNORE_INDEX = 255
+
+#: What a model predicts per pixel: one class of many (softmax), background/foreground (two
+#: classes, masks of 0/255 or 0/1), or any subset of classes (a sigmoid per class).
+Task = Literal["multiclass", "binary", "multilabel"]
 
 
 def check_pair(
