@@ -34,7 +34,10 @@ from atrous.evaluate import Evaluation, scores_to_dict
 from atrous.export import ExportCheckError, export_onnx, export_program
 from atrous.fast import CALIBRATION_IMAGES
 from atrous.inference import InferenceConfig, describe_inference
+from atrous.losses import LossConfig
 from atrous.metrics import SegmentationScores
+from atrous.overfit import OverfitFailed, overfit_check
+from atrous.pipeline import PipelineConfig
 from atrous.predict import (
     DEMO_MODEL,
     Segmenter,
@@ -54,8 +57,6 @@ from atrous.published import (
     resolve_source,
 )
 from atrous.serve import MAX_UPLOAD_MB, launch
-from atrous.losses import LossConfig
-from atrous.overfit import OverfitFailed, overfit_check
 from atrous.train import TrainingPreempted
 from atrous.train import train as run_training
 from atrous.train_config import OptimConfig, RunConfig, TrainConfig
@@ -227,6 +228,7 @@ def evaluate(
     output: str | None = None,
     progress: bool = True,
     fast: bool = False,
+    pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
 ) -> None:
     """Score a model on a dataset: per-class IoU table, summary, JSON file; works under torchrun.
 
@@ -247,6 +249,7 @@ def evaluate(
         progress: show a progress bar.
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the split's first 8 images.
+        pipeline: images per forward pass (of one size) and decoding processes.
     """
     if precision == "int8" and not fast:
         raise ValueError("precision int8 needs --fast true")
@@ -256,7 +259,7 @@ def evaluate(
         data = dataclasses.replace(data or training_data(model), val_split=split)
         dataset = build_dataset(data, "val")
         segmenter = _evaluation_segmenter(model, inference, precision, fast, dataset, env.device)
-        result = segmenter.evaluate(dataset, env, progress, trimap or (), trimap_source)
+        result = segmenter.evaluate(dataset, env, progress, trimap or (), trimap_source, pipeline)
     finally:
         shutdown_distributed()
     if not env.is_main:
@@ -393,6 +396,7 @@ def predict(
     figures: bool = False,
     progress: bool = True,
     fast: bool = False,
+    pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
 ) -> int:
     """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/.
 
@@ -410,6 +414,7 @@ def predict(
         progress: show a progress bar.
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the first 8 input images.
+        pipeline: images per forward pass (of one size), decoding processes, writing threads.
     """
     if precision == "int8" and not fast:
         raise ValueError("precision int8 needs --fast true")
@@ -418,9 +423,8 @@ def predict(
     )
     if fast:
         segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
-    report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress)
-    images = len(report.written) // (1 + overlays + figures)
-    console.print(f"{images} images segmented; results in {output_dir}")
+    report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress, pipeline)
+    console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
         console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
     return 1 if report.failed else 0

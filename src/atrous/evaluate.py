@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from atrous.data.base import SegmentationDataset
@@ -17,6 +19,7 @@ from atrous.data.transforms import normalisation
 from atrous.distributed import DistributedEnv
 from atrous.inference import InferenceConfig, Network, segment
 from atrous.metrics import ConfusionMatrix, SegmentationScores, TrimapMeter
+from atrous.pipeline import PipelineConfig, batches_by_size, decoded_items
 from atrous.precision import autocast
 
 
@@ -29,6 +32,54 @@ class Evaluation:
 
     def scores(self) -> SegmentationScores:
         return self.confusion.scores()
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted and true label maps."""
+        self.confusion.update(prediction, target)
+        if self.trimap is not None:
+            self.trimap.update(prediction, target)
+
+    def reduce(self) -> None:
+        """Sum every matrix over the processes."""
+        self.confusion.reduce()
+        if self.trimap is not None:
+            self.trimap.reduce()
+
+
+@dataclass
+class Sample:
+    """One validation pair after normalisation, with its index in the dataset."""
+
+    index: int
+    image: torch.Tensor  # (3, H, W) normalised
+    mask: torch.Tensor  # (H, W) labels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.image.shape[-2:])
+
+
+class NormalisedPairs(Dataset):
+    """``dataset``'s pairs at ``indices``, normalised as evaluation normalises (in loader
+    workers when there are some)."""
+
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        indices: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+        self.transform = normalisation(mean, std)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> Sample:
+        index = self.indices[position]
+        image, mask = self.transform(*self.dataset[index])
+        return Sample(index, image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor))
 
 
 @torch.no_grad()
@@ -43,45 +94,49 @@ def evaluate_dataset(
     inference: InferenceConfig | None = None,
     trimap_widths: Sequence[int] = (),
     trimap_source: str = "void",
+    pipeline: PipelineConfig = PipelineConfig(workers=0, batch_size=1),  # noqa: B008
 ) -> Evaluation:
     """Score ``model`` over ``dataset``, each image whole at its own size, summed over processes.
 
     ``inference`` picks the strategy (eval output stride, scales, flip, sliding window). Process
     r evaluates images r, r + world_size, … (no padding, so every image counts once).
+    ``pipeline`` decodes in loader workers and batches images of one size (the same scores).
     """
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
     strategy = inference or InferenceConfig()
-    transform = normalisation(mean, std)
-    confusion = ConfusionMatrix(dataset.num_classes, dataset.ignore_index, env.device)
-    trimap = None
-    if trimap_widths:
-        trimap = TrimapMeter(
-            list(trimap_widths),
-            dataset.num_classes,
-            dataset.ignore_index,
-            trimap_source,
-            env.device,
-        )
-    indices = range(env.rank, len(dataset), env.world_size)
-    for index in tqdm(
-        indices, desc="evaluate", disable=not (progress and env.is_main), leave=False
-    ):
-        image, mask = transform(*dataset[index])
-        mask = mask.to(env.device)
-        with autocast(env.device, precision):
-            probabilities = segment(model, image.unsqueeze(0).to(env.device), strategy)
-        prediction = probabilities.argmax(1)[0]
-        confusion.update(prediction, mask)
-        if trimap is not None:
-            trimap.update(prediction, mask)
-    confusion.reduce()
-    if trimap is not None:
-        trimap.reduce()
+    evaluation = _empty_evaluation(dataset, trimap_widths, trimap_source, env.device)
+    pairs = NormalisedPairs(dataset, range(env.rank, len(dataset), env.world_size), mean, std)
+    items = decoded_items(pairs, pipeline.workers)
+    show = progress and env.is_main
+    with tqdm(total=len(pairs), desc="evaluate", disable=not show, leave=False) as bar:
+        for batch in batches_by_size(
+            items, pipeline.batch_size, attrgetter("size"), pipeline.max_pending
+        ):
+            images = torch.stack([sample.image for sample in batch]).to(env.device)
+            masks = torch.stack([sample.mask for sample in batch]).to(env.device)
+            with autocast(env.device, precision):
+                probabilities = segment(model, images, strategy)
+            evaluation.update(probabilities.argmax(1), masks)
+            bar.update(len(batch))
+    evaluation.reduce()
     if was_training:
         model.train()
-    return Evaluation(confusion, trimap)
+    return evaluation
+
+
+def _empty_evaluation(
+    dataset: SegmentationDataset,
+    trimap_widths: Sequence[int],
+    trimap_source: str,
+    device: torch.device,
+) -> Evaluation:
+    classes, ignore = dataset.num_classes, dataset.ignore_index
+    trimap = None
+    if trimap_widths:
+        trimap = TrimapMeter(list(trimap_widths), classes, ignore, trimap_source, device)
+    return Evaluation(ConfusionMatrix(classes, ignore, device), trimap)
 
 
 def scores_to_dict(scores: SegmentationScores, class_names: Sequence[str]) -> dict[str, Any]:

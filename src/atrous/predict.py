@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,14 @@ from atrous.fast import (
 )
 from atrous.inference import InferenceConfig, Network, align_input, output_stride, segment
 from atrous.model import DeepLab
+from atrous.pipeline import (
+    BackgroundWriter,
+    Decoded,
+    ImageFiles,
+    PipelineConfig,
+    batches_by_size,
+    decoded_items,
+)
 from atrous.precision import autocast
 from atrous.published import load_model, resolve_source
 from atrous.train_config import TrainConfig
@@ -84,12 +93,19 @@ class Segmenter:
         with autocast(self.device, self.precision):
             return segment(self.network, batch, self.inference, self.multilabel)[0]
 
+    def labels(self, batch: torch.Tensor) -> np.ndarray:
+        """Normalised (N, 3, H, W) images → (N, H, W) uint8 label maps, decided on the device;
+        multilabel: (N, C, H, W) uint8 of 0/1."""
+        with autocast(self.device, self.precision):
+            probabilities = segment(
+                self.network, batch.to(self.device), self.inference, self.multilabel
+            )
+        chosen = probabilities > 0.5 if self.multilabel else probabilities.argmax(1)
+        return chosen.to(torch.uint8).cpu().numpy()
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB → (H, W) uint8 label map; multilabel: (C, H, W) uint8 of 0/1."""
-        probabilities = self.probabilities(image)
-        if self.multilabel:
-            return (probabilities > 0.5).to(torch.uint8).cpu().numpy()
-        return probabilities.argmax(0).to(torch.uint8).cpu().numpy()
+        return self.labels(normalise_images([image], self.mean, self.std)[0])[0]
 
     def evaluate(
         self,
@@ -98,6 +114,7 @@ class Segmenter:
         progress: bool = True,
         trimap: Sequence[int] = (),
         trimap_source: str = "void",
+        pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
     ) -> Evaluation:
         """Confusion matrices of this segmenter over ``dataset`` (split over ``env``'s
         processes), with the same normalisation, precision and inference as every image."""
@@ -112,6 +129,7 @@ class Segmenter:
             self.inference,
             trimap,
             trimap_source,
+            pipeline,
         )
 
 
@@ -121,6 +139,7 @@ class PredictReport:
 
     written: list[Path]
     failed: list[tuple[Path, str]]
+    segmented: int = 0  # images segmented (their files are in ``written``)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -231,28 +250,53 @@ def predict_files(
     overlays: bool = True,
     figures: bool = False,
     progress: bool = True,
+    pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
 ) -> PredictReport:
     """Segment every input image and write its outputs under ``output_dir`` (see
     :func:`write_prediction`: masks at the input's size, overlays, optional figures).
 
-    A file that cannot be read is reported in the result and the others are still processed.
+    Loader workers decode and normalise, images of one size run in batches, and results are
+    written by background threads (:mod:`atrous.pipeline`); the outputs equal those of one
+    image at a time. A file that cannot be read is reported in the result and the others are
+    still processed.
     """
     files = expand_inputs(inputs)
     output_dir = Path(output_dir)
-    folders = {"masks": True, "overlays": overlays, "figures": figures}
-    for name, wanted in folders.items():
+    for name, wanted in {"masks": True, "overlays": overlays, "figures": figures}.items():
         if wanted:
             (output_dir / name).mkdir(parents=True, exist_ok=True)
     report = PredictReport([], [])
-    for path in tqdm(files, desc="predict", disable=not progress, unit="image"):
-        try:
-            image, labels = segment_file(segmenter, path)
-        except DataError as error:
-            report.failed.append((path, str(error)))
-            continue
-        report.written += write_prediction(
-            segmenter, image, labels, path.stem, output_dir, overlays, figures
-        )
+    dataset = ImageFiles(files, segmenter.mean, segmenter.std)
+    bar = tqdm(total=len(files), desc="predict", disable=not progress, unit="image")
+
+    def readable(items: Iterable[Decoded]) -> Iterator[Decoded]:
+        for item in items:
+            if item.error is None:
+                yield item
+            else:
+                report.failed.append((files[item.index], item.error))
+                bar.update(1)
+
+    items = readable(decoded_items(dataset, pipeline.workers))
+    pending = pipeline.max_pending
+    with bar, BackgroundWriter(pipeline.writers, pending) as writer:
+        for batch in batches_by_size(items, pipeline.batch_size, attrgetter("size"), pending):
+            labels = segmenter.labels(torch.cat([item.tensor[None] for item in batch]))
+            for item, label in zip(batch, labels, strict=True):
+                stem = files[item.index].stem
+                writer.submit(
+                    write_prediction,
+                    segmenter,
+                    item.image,
+                    label,
+                    stem,
+                    output_dir,
+                    overlays,
+                    figures,
+                )
+            bar.update(len(batch))
+    report.written = [path for paths in writer.results for path in paths]
+    report.segmented = len(writer.results)
     return report
 
 

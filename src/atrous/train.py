@@ -54,6 +54,7 @@ from atrous.evaluate import evaluate_dataset
 from atrous.losses import SegmentationLoss, build_loss
 from atrous.metrics import SegmentationScores
 from atrous.model import DeepLab
+from atrous.pipeline import PipelineConfig
 from atrous.plots import plot_curves
 from atrous.precision import autocast
 from atrous.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop, ignore_stop_signals
@@ -553,7 +554,7 @@ def _log_step(run: Training, logged: dict[str, float], bar: tqdm) -> None:
 def _validate(run: Training) -> None:
     """Score the validation split; rank 0 keeps ``best.pt`` of the best mIoU so far."""
     config, env, state = run.config, run.env, run.state
-    confusion = evaluate_dataset(
+    evaluation = evaluate_dataset(
         state.model,
         run.val_set,
         config.model.mean,
@@ -561,8 +562,9 @@ def _validate(run: Training) -> None:
         env,
         config.run.precision,
         config.run.progress,
+        pipeline=PipelineConfig(batch_size=1, workers=config.data.workers),
     )
-    run.scores = scores = confusion.scores()
+    run.scores = scores = evaluation.scores()
     state.validation_due = False
     run.log.write(
         {
