@@ -71,6 +71,8 @@ def _training_lines(summary: TrainingSummary | None) -> list[str]:
             f"- validation mIoU: **{_percent(summary.val_miou)}%** on `{summary.val_split}` "
             f"({summary.val_images} images, whole images, single scale, no flip)"
         )
+    if summary.images_per_s is not None:
+        lines.append(f"- training throughput: {summary.images_per_s:.1f} images/s (median)")
     if summary.latency_ms is not None:
         lines.append(
             f"- latency: {summary.latency_ms:.1f} ms per {summary.crop_size}×"

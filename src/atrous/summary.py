@@ -24,6 +24,7 @@ class TrainingSummary:
     val_images: int | None = None  # images in it
     val_miou: float | None = None  # best validation mIoU, whole images, single scale
     class_iou: tuple[float | None, ...] | None = None  # per class at that point (None: absent)
+    images_per_s: float | None = None  # training throughput, median over the logged intervals
     latency_ms: float | None = None  # median batch-1 forward at crop size, eval mode
     latency_device: str | None = None  # where the latency was measured
 

@@ -286,10 +286,12 @@ def prepare_model(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if config.run.channels_last else torch.contiguous_format
     model.to(env.device, memory_format=memory_format)
-    net = TrainingForward(model)
+    net: nn.Module = TrainingForward(model)
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
-        return model, DistributedDataParallel(net, device_ids=ids)
+        net = DistributedDataParallel(net, device_ids=ids)
+    if config.run.compile:  # after DDP, so that its buckets are compiled with the graph
+        net = torch.compile(net)
     return model, net
 
 
@@ -432,6 +434,8 @@ def _announce(run: Training) -> None:
 
 def _start(config: TrainConfig, env: DistributedEnv) -> Training:
     """Read the data, check settings and labels, build or resume the model and optimizer."""
+    if env.device.type == "cuda":  # crops have one size: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     train_set = build_dataset(config.data, "train")
     val_set = build_dataset(config.data, "val")
     config = with_dataset_classes(config, train_set.num_classes)
@@ -479,23 +483,27 @@ def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tenso
         raise ValueError(
             f"{len(samples)} training images give no full step of {config.run.batch_size} images"
         )
-    loader_options = {
-        "batch_size": run.micro,
-        "sampler": sampler,
-        "num_workers": data.workers,
-        "pin_memory": env.device.type == "cuda",
-        "drop_last": True,
-        "worker_init_fn": ignore_stop_signals if data.workers else None,
+    # One loader for the whole run: its workers persist across epochs and prefetch; the
+    # sampler is re-positioned before each epoch's iterator is made (it runs in this process).
+    loader = DataLoader(
+        samples,
+        batch_size=run.micro,
+        sampler=sampler,
+        num_workers=data.workers,
+        pin_memory=env.device.type == "cuda",
+        drop_last=True,
+        worker_init_fn=ignore_stop_signals if data.workers else None,
+        persistent_workers=data.workers > 0,
+        prefetch_factor=4 if data.workers else None,
         # Its own generator: creating an iterator must not draw from the global RNG, whose
         # state (dropout) is checkpointed and must replay identically after a resume.
-        "generator": torch.Generator().manual_seed(config.run.seed),
-    }
+        generator=torch.Generator().manual_seed(config.run.seed),
+    )
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, step = divmod(run.state.iteration, steps_per_epoch)
         while True:
             sampler.set_position(epoch, step * accumulate)
-            loader = DataLoader(samples, **loader_options)
             yield from itertools.islice(loader, (steps_per_epoch - step) * accumulate)
             epoch, step = epoch + 1, 0
 
@@ -554,6 +562,7 @@ def _log_step(run: Training, logged: dict[str, float], bar: tqdm) -> None:
 def _validate(run: Training) -> None:
     """Score the validation split; rank 0 keeps ``best.pt`` of the best mIoU so far."""
     config, env, state = run.config, run.env, run.state
+    started = time.perf_counter()
     evaluation = evaluate_dataset(
         state.model,
         run.val_set,
@@ -564,6 +573,7 @@ def _validate(run: Training) -> None:
         config.run.progress,
         pipeline=PipelineConfig(batch_size=1, workers=config.data.workers),
     )
+    run.tick += time.perf_counter() - started  # validation time is not training throughput
     run.scores = scores = evaluation.scores()
     state.validation_due = False
     run.log.write(
@@ -635,6 +645,15 @@ def _train_until_end(run: Training, signals: StopSignals) -> str | None:
     return None
 
 
+def training_speed(metrics: Path) -> float | None:
+    """The median training throughput (images/s) logged in ``metrics.jsonl`` over the run."""
+    if not metrics.is_file():
+        return None
+    records = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+    speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
+    return float(np.median(speeds)) if speeds else None
+
+
 def _save_best_model(run: Training) -> None:
     """The best weights (the last if validation never scored) as a model folder: safetensors +
     config.json with the classes and colours, a model card with the training summary."""
@@ -660,6 +679,7 @@ def _save_best_model(run: Training) -> None:
         val_images=len(run.val_set) if scored else None,
         val_miou=state.best_miou if scored else None,
         class_iou=tuple(state.best_class_iou) if state.best_class_iou is not None else None,
+        images_per_s=training_speed(run.output_dir / "metrics.jsonl"),
         latency_ms=measure_latency(best, (config.data.crop_size,) * 2, env.device),
         latency_device=describe_device(env.device),
     )

@@ -36,6 +36,7 @@ class RunConfig:
     bn_mode: Literal["train", "frozen"] = "train"  # frozen: keep BN statistics (paper at OS8)
     channels_last: bool = False  # NHWC memory format (faster convs on many CPUs/GPUs)
     activation_checkpointing: bool = False  # recompute backbone activations in backward (OS8)
+    compile: bool = False  # torch.compile the training forward and backward (first steps slow)
     val_every: int = 2000  # validate (and checkpoint) every this many iterations; 0: at the end
     checkpoint_every: int = 1000  # also write last.pt every this many iterations (0: off)
     checkpoint_minutes: float = 0.0  # also write last.pt after this much wall time (0: off)
