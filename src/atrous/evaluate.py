@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from atrous.data.base import SegmentationDataset
 from atrous.data.transforms import normalisation
 from atrous.distributed import DistributedEnv
 from atrous.inference import InferenceConfig, Network, segment
-from atrous.metrics import ConfusionMatrix, SegmentationScores, TrimapMeter
+from atrous.metrics import ConfusionMatrix, MultilabelConfusion, SegmentationScores, TrimapMeter
 from atrous.precision import autocast
 
 
@@ -24,7 +24,7 @@ from atrous.precision import autocast
 class Evaluation:
     """The confusion matrix over a dataset and, when asked for, one per trimap band width."""
 
-    confusion: ConfusionMatrix
+    confusion: ConfusionMatrix | MultilabelConfusion
     trimap: TrimapMeter | None = None
 
     def scores(self) -> SegmentationScores:
@@ -84,22 +84,45 @@ def evaluate_dataset(
     return Evaluation(confusion, trimap)
 
 
-def scores_to_dict(scores: SegmentationScores, class_names: Sequence[str]) -> dict[str, Any]:
-    """JSON-ready scores; absent classes (in neither prediction nor truth) have null IoU."""
+def scores_to_dict(
+    scores: SegmentationScores, class_names: Sequence[str], task: str = "multiclass"
+) -> dict[str, Any]:
+    """JSON-ready scores; undefined values (e.g. IoU of a class in neither prediction nor
+    truth) are null. A binary task adds its foreground class's IoU, Dice, F1, precision, recall."""
 
     def number(value: float) -> float | None:
         return None if math.isnan(value) else value
 
-    return {
+    per_class = zip(
+        class_names,
+        scores.iou,
+        scores.class_accuracy,
+        scores.dice,
+        scores.precision,
+        scores.recall,
+        strict=True,
+    )
+    result = {
         "mean_iou": number(scores.mean_iou),
         "pixel_accuracy": number(scores.pixel_accuracy),
         "mean_class_accuracy": number(scores.mean_class_accuracy),
         "frequency_weighted_iou": number(scores.frequency_weighted_iou),
+        "mean_dice": number(scores.mean_dice),
+        "mean_precision": number(scores.mean_precision),
+        "mean_recall": number(scores.mean_recall),
         "per_class": {
-            name: {"iou": number(iou), "accuracy": number(accuracy)}
-            for name, iou, accuracy in zip(
-                class_names, scores.iou, scores.class_accuracy, strict=True
-            )
+            name: {
+                "iou": number(iou),
+                "accuracy": number(accuracy),
+                "dice": number(dice),
+                "precision": number(precision),
+                "recall": number(recall),
+            }
+            for name, iou, accuracy, dice, precision, recall in per_class
         },
         "absent_classes": [class_names[i] for i in scores.absent_classes],
     }
+    if task == "binary":
+        foreground = asdict(scores.foreground())
+        result["foreground"] = {key: number(value) for key, value in foreground.items()}
+    return result
