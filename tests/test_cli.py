@@ -1,7 +1,13 @@
+import json
 import subprocess
 import sys
 
-from atrous.cli import main
+import pytest
+import torch
+
+from atrous.cli import _report_evaluation, main
+from atrous.evaluate import Evaluation
+from atrous.metrics import ConfusionMatrix
 
 
 def test_profile_prints_groups_and_both_counts(capsys):
@@ -75,3 +81,19 @@ def test_binary_255_masks_fail_check_data_and_training(tmp_path, capsys):
     folder = ["--data.dataset", "folder", "--data.root", str(tmp_path), "--data.val_split", "train"]
     assert main(["train", *folder, "--run.output_dir", str(tmp_path / "run")]) == 2
     assert "error: every mask holds only 0 and 255" in capsys.readouterr().out
+
+
+def test_eval_report_of_a_binary_task_prints_and_writes_the_foreground(tmp_path, capsys):
+    confusion = ConfusionMatrix(2)
+    confusion.matrix = torch.tensor([[90, 2], [6, 2]])  # foreground: TP 2, FP 2, FN 6
+    report = {"inference": {}, "precision": "fp32", "images": 1}
+    path = tmp_path / "eval_val.json"
+    names = ["background", "road"]
+    _report_evaluation(Evaluation(confusion), names, report, None, "void", path, "binary")
+    out = capsys.readouterr().out
+    line = "foreground (road): IoU 20.00, Dice 33.33, F1 33.33, precision 50.00, recall 25.00"
+    assert line in out
+    written = json.loads(path.read_text())
+    assert written["scores"]["foreground"]["f1"] == pytest.approx(1 / 3)
+    assert written["confusion_matrix"] == [[90, 2], [6, 2]]
+    assert (tmp_path / "eval_val_confusion.png").stat().st_size > 1000

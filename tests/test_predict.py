@@ -138,6 +138,22 @@ def test_eval_command_prints_table_and_writes_json(tiny_run, tmp_path, capsys):
     assert set(report["scores"]["per_class"]) >= {"background", "stroke"}
     assert 0 <= report["scores"]["mean_iou"] <= 1
     assert set(report["trimap"]["mean_iou"]) == {"1", "3"}
+    assert "Dice/F1" in printed and "precision" in printed and "mean recall" in printed
+    scores = report["scores"]
+    assert {"mean_dice", "mean_precision", "mean_recall"} <= set(scores)
+    counts = np.array(report["confusion_matrix"])  # [truth][prediction], the per-class scores'
+    assert counts.shape == (6, 6)
+    for c, name in enumerate(report["scores"]["per_class"]):
+        entry, tp = scores["per_class"][name], counts[c, c]
+        if entry["precision"] is not None:
+            assert entry["precision"] == pytest.approx(tp / counts[:, c].sum())
+        if entry["dice"] is not None:
+            assert entry["dice"] == pytest.approx(2 * tp / (counts[c].sum() + counts[:, c].sum()))
+    assert "foreground" not in scores  # six classes: not a binary task
+    heatmap = tmp_path / "eval_confusion.png"
+    assert f"written: {heatmap}" in printed
+    with Image.open(heatmap) as image:
+        assert image.format == "PNG"
 
 
 def test_eval_of_an_unknown_model_is_one_clear_error(tmp_path, capsys):

@@ -35,9 +35,10 @@ from atrous.export import ExportCheckError, export_onnx, export_program
 from atrous.fast import CALIBRATION_IMAGES
 from atrous.inference import InferenceConfig, describe_inference
 from atrous.losses import LossConfig
-from atrous.metrics import SegmentationScores
+from atrous.metrics import ConfusionMatrix, SegmentationScores
 from atrous.overfit import OverfitFailed, overfit_check
 from atrous.pipeline import PipelineConfig
+from atrous.plots import plot_confusion
 from atrous.predict import (
     DEMO_MODEL,
     Segmenter,
@@ -274,7 +275,9 @@ def evaluate(
         "precision": precision,
         "fast": fast,
     }
-    _report_evaluation(result, dataset.classes, report, published, trimap_source, path)
+    _report_evaluation(
+        result, dataset.classes, report, published, trimap_source, path, segmenter.task
+    )
 
 
 def _report_evaluation(
@@ -284,10 +287,12 @@ def _report_evaluation(
     published: PublishedScore | None,
     trimap_source: str,
     path: Path,
+    task: str = "multiclass",
 ) -> None:
-    """Print the scores, the protocol and the published score; write the JSON report."""
+    """Print the scores, the protocol and the published score; write the JSON report and,
+    for a (K × K) confusion matrix, its heatmap beside it (``<stem>_confusion.png``)."""
     scores = result.scores()
-    _print_scores(scores, names)
+    _print_scores(scores, names, task)
     inference = InferenceConfig(**report["inference"])
     console.print(
         f"protocol: {describe_inference(inference)}, {report['precision']}, "
@@ -300,12 +305,17 @@ def _report_evaluation(
             f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
             soft_wrap=True,
         )
-    report["scores"] = scores_to_dict(scores, names)
+    report["scores"] = scores_to_dict(scores, names, task)
+    report["confusion_matrix"] = result.confusion.matrix.tolist()  # [truth][prediction]
     report["published"] = dataclasses.asdict(published) if published is not None else None
     if result.trimap is not None:
         report["trimap"] = _trimap_report(result.trimap.scores(), names, trimap_source)
     path.write_text(json.dumps(report, indent=2))
-    console.print(f"written: {path}")
+    console.print(f"written: {path}", soft_wrap=True)
+    if isinstance(result.confusion, ConfusionMatrix):
+        heatmap = path.with_name(f"{path.stem}_confusion.png")
+        plot_confusion(result.confusion.matrix, names, heatmap)
+        console.print(f"written: {heatmap}", soft_wrap=True)
 
 
 def _evaluation_segmenter(
@@ -358,17 +368,28 @@ def training_data(model: str) -> DataConfig:
     return run_data_config(model)
 
 
-def _print_scores(scores: SegmentationScores, names: Sequence[str]) -> None:
-    table = Table("class", "IoU", "accuracy")
-    for name, iou, accuracy in zip(names, scores.iou, scores.class_accuracy, strict=True):
-        table.add_row(name, _percent(iou), _percent(accuracy))
+def _print_scores(scores: SegmentationScores, names: Sequence[str], task: str) -> None:
+    table = Table("class", "IoU", "Dice/F1", "precision", "recall (accuracy)")
+    per_class = zip(names, scores.iou, scores.dice, scores.precision, scores.recall, strict=True)
+    for name, *values in per_class:
+        table.add_row(name, *(_percent(value) for value in values))
     console.print(table)
     console.print(
-        f"mIoU {_percent(scores.mean_iou)}  pixel accuracy {_percent(scores.pixel_accuracy)}  "
-        f"mean class accuracy {_percent(scores.mean_class_accuracy)}  "
+        f"mIoU {_percent(scores.mean_iou)}  mean Dice/F1 {_percent(scores.mean_dice)}  "
+        f"mean precision {_percent(scores.mean_precision)}  "
+        f"mean recall (class accuracy) {_percent(scores.mean_recall)}  "
+        f"pixel accuracy {_percent(scores.pixel_accuracy)}  "
         f"frequency-weighted IoU {_percent(scores.frequency_weighted_iou)}",
         soft_wrap=True,
     )
+    if task == "binary":
+        fg = scores.foreground()
+        console.print(
+            f"foreground ({names[1]}): IoU {_percent(fg.iou)}, Dice {_percent(fg.dice)}, "
+            f"F1 {_percent(fg.f1)}, precision {_percent(fg.precision)}, "
+            f"recall {_percent(fg.recall)}",
+            soft_wrap=True,
+        )
     if scores.absent_classes:
         absent = ", ".join(names[i] for i in scores.absent_classes)
         console.print(f"not in the mean (absent from truth and prediction): {absent}")

@@ -1,7 +1,12 @@
-"""Segmentation metrics from one confusion matrix, accumulated on the device.
+"""Segmentation metrics from confusion counts, accumulated on the device.
 
-Rows are ground truth, columns predictions; pixels with the ignore label are left out. Classes
-absent from both prediction and ground truth have no IoU (NaN) and are excluded from the means.
+Multiclass (and binary, two classes): one (K × K) matrix, rows ground truth, columns predictions.
+Multilabel: one 2 × 2 matrix per class (is the label on at this pixel, in truth and prediction).
+Pixels with the ignore label are left out. Every per-class score comes from the class's true
+positives, false positives and false negatives (``class_scores``), so both kinds share the
+formulas. A score whose denominator is zero is NaN and left out of its mean: IoU and Dice of a
+class absent from both truth and prediction, precision of a class never predicted, recall of a
+class never in the truth.
 """
 
 from __future__ import annotations
@@ -15,9 +20,20 @@ import torch.nn.functional as F
 from atrous.data.base import IGNORE_INDEX
 
 
+@dataclass(frozen=True)
+class ForegroundScores:
+    """A binary task's scores of its foreground class (class 1); F1 of a class equals its Dice."""
+
+    iou: float
+    dice: float
+    f1: float
+    precision: float
+    recall: float
+
+
 @dataclass
 class SegmentationScores:
-    """Scores of one confusion matrix; per-class values are NaN for absent classes."""
+    """Scores of one confusion matrix; per-class values are NaN where undefined (see module)."""
 
     iou: list[float]
     class_accuracy: list[float]
@@ -26,6 +42,72 @@ class SegmentationScores:
     mean_class_accuracy: float
     frequency_weighted_iou: float
     absent_classes: list[int]
+    dice: list[float]  # 2TP / (2TP + FP + FN), the F1 score
+    precision: list[float]  # TP / (TP + FP)
+    recall: list[float]  # TP / (TP + FN); equals class_accuracy
+    mean_dice: float
+    mean_precision: float
+    mean_recall: float
+
+    def foreground(self) -> ForegroundScores:
+        """Class 1's scores, for a binary task (background 0, foreground 1)."""
+        if len(self.iou) != 2:
+            raise ValueError(
+                f"a foreground summary needs a binary task (2 classes), got {len(self.iou)}"
+            )
+        return ForegroundScores(
+            self.iou[1], self.dice[1], self.dice[1], self.precision[1], self.recall[1]
+        )
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, NaN where the denominator is zero."""
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1), nan)
+
+
+def _mean(values: torch.Tensor) -> float:
+    """Mean over the defined (non-NaN) values; NaN when none is."""
+    defined = values[~values.isnan()]
+    return defined.mean().item() if defined.numel() else float("nan")
+
+
+def class_scores(
+    true_positive: torch.Tensor,
+    false_positive: torch.Tensor,
+    false_negative: torch.Tensor,
+    correct: torch.Tensor,
+    total: torch.Tensor,
+) -> SegmentationScores:
+    """Per-class scores and their means from (K,) pixel counts.
+
+    ``correct`` / ``total`` is the pixel accuracy (a multiclass matrix's trace over its sum; for
+    multilabel, correct decisions over all (pixel, class) decisions). The frequency-weighted IoU
+    weighs each class by its share of the truth pixels.
+    """
+    counts = (true_positive, false_positive, false_negative)
+    tp, fp, fn = (c.cpu().to(torch.float64) for c in counts)
+    iou = _ratio(tp, tp + fp + fn)
+    dice = _ratio(2 * tp, 2 * tp + fp + fn)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    present = tp + fp + fn > 0
+    frequency = (tp + fn) / (tp + fn).sum().clamp(min=1)
+    return SegmentationScores(
+        iou=iou.tolist(),
+        class_accuracy=recall.tolist(),
+        pixel_accuracy=(correct.cpu().to(torch.float64) / total.cpu().clamp(min=1)).item(),
+        mean_iou=_mean(iou),
+        mean_class_accuracy=_mean(recall),
+        frequency_weighted_iou=(frequency[present] * iou[present]).sum().item(),
+        absent_classes=[i for i, p in enumerate(present.tolist()) if not p],
+        dice=dice.tolist(),
+        precision=precision.tolist(),
+        recall=recall.tolist(),
+        mean_dice=_mean(dice),
+        mean_precision=_mean(precision),
+        mean_recall=_mean(recall),
+    )
 
 
 class ConfusionMatrix:
@@ -62,28 +144,74 @@ class ConfusionMatrix:
             dist.all_reduce(self.matrix)
 
     def scores(self) -> SegmentationScores:
-        m = self.matrix.to(torch.float64).cpu()
+        m = self.matrix
         true_positive = m.diag()
-        gt_pixels = m.sum(1)
-        predicted = m.sum(0)
-        union = gt_pixels + predicted - true_positive
-        present = union > 0
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
-        iou = torch.where(present, true_positive / union.clamp(min=1), nan)
-        class_accuracy = torch.where(gt_pixels > 0, true_positive / gt_pixels.clamp(min=1), nan)
-        total = m.sum().clamp(min=1)
-        frequency = gt_pixels / total
-        return SegmentationScores(
-            iou=iou.tolist(),
-            class_accuracy=class_accuracy.tolist(),
-            pixel_accuracy=(true_positive.sum() / total).item(),
-            mean_iou=iou[present].mean().item() if present.any() else float("nan"),
-            mean_class_accuracy=class_accuracy[gt_pixels > 0].mean().item()
-            if (gt_pixels > 0).any()
-            else float("nan"),
-            frequency_weighted_iou=(frequency[present] * iou[present]).sum().item(),
-            absent_classes=[i for i, p in enumerate(present.tolist()) if not p],
+        return class_scores(
+            true_positive, m.sum(0) - true_positive, m.sum(1) - true_positive, m.trace(), m.sum()
         )
+
+
+class MultilabelConfusion:
+    """One 2 × 2 matrix per class, ``matrix[c, truth, prediction]`` (0 off, 1 on), for
+    multilabel tasks whose classes overlap; ``reduce()`` sums over DDP ranks."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+        threshold: float = 0.5,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.threshold = threshold
+        self.matrix = torch.zeros(num_classes, 2, 2, dtype=torch.int64, device=device)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``prediction`` (N, K, H, W) bool, 0/1 or sigmoid probabilities (on above
+        ``threshold``); ``target`` (N, K, H, W) 0/1, the ignore label where a class is unknown."""
+        if prediction.shape != target.shape:
+            raise ValueError(
+                f"prediction shape {tuple(prediction.shape)} differs from target "
+                f"{tuple(target.shape)}"
+            )
+        if target.ndim < 2 or target.shape[1] != self.num_classes:
+            raise ValueError(
+                f"multilabel target must be (N, {self.num_classes}, ...), got {tuple(target.shape)}"
+            )
+        on = self._binarise(prediction)
+        valid = target != self.ignore_index
+        truth = target[valid].to(torch.int64)
+        if truth.numel() and (truth.min() < 0 or truth.max() > 1):
+            raise ValueError("multilabel target values must be 0, 1 or the ignore label")
+        shape = [1, self.num_classes] + [1] * (target.ndim - 2)
+        classes = torch.arange(self.num_classes, device=target.device).view(shape)
+        index = classes.expand_as(target)[valid] * 4 + truth * 2 + on[valid].to(torch.int64)
+        counts = torch.bincount(index, minlength=4 * self.num_classes)
+        self.matrix += counts.view(self.num_classes, 2, 2).to(self.matrix.device)
+
+    def _binarise(self, prediction: torch.Tensor) -> torch.Tensor:
+        """Predictions as on/off: bools as they are, 0/1 integers, probabilities thresholded."""
+        if prediction.dtype == torch.bool:
+            return prediction
+        if prediction.numel() and (prediction.min() < 0 or prediction.max() > 1):
+            kind = "probabilities in [0, 1] (sigmoid of the logits)"
+            raise ValueError(f"multilabel predictions must be 0/1 or {kind}")
+        if prediction.is_floating_point():
+            return prediction > self.threshold
+        return prediction != 0
+
+    def reduce(self) -> None:
+        """Sum the matrices over all processes of the default group (no-op when not distributed)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.matrix)
+
+    def scores(self) -> SegmentationScores:
+        """Scores of each class's positive label; pixel accuracy over (pixel, class) decisions."""
+        m = self.matrix
+        true_positive = m[:, 1, 1]
+        correct = (true_positive + m[:, 0, 0]).sum()
+        return class_scores(true_positive, m[:, 0, 1], m[:, 1, 0], correct, m.sum())
 
 
 def boundary_band(

@@ -130,6 +130,7 @@ class Segmenter:
             trimap,
             trimap_source,
             pipeline,
+            self.multilabel,
         )
 
 
