@@ -559,6 +559,27 @@ def _log_step(run: Training, logged: dict[str, float], bar: tqdm) -> None:
         run.tick, run.images_seen = time.perf_counter(), 0
 
 
+def _validation_record(iteration: int, scores: SegmentationScores, task: str) -> dict[str, Any]:
+    """What a validation adds to ``metrics.jsonl`` (undefined values as null)."""
+    record = {
+        "iteration": iteration,
+        "val_miou": scores.mean_iou,
+        "val_pixel_accuracy": scores.pixel_accuracy,
+        "val_mean_dice": scores.mean_dice,
+        "val_mean_precision": scores.mean_precision,
+        "val_mean_recall": scores.mean_recall,
+    }
+    if task == "binary":
+        foreground = scores.foreground()
+        record.update(
+            val_fg_iou=foreground.iou,
+            val_fg_dice=foreground.dice,
+            val_fg_precision=foreground.precision,
+            val_fg_recall=foreground.recall,
+        )
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
+
+
 def _validate(run: Training) -> None:
     """Score the validation split; rank 0 keeps ``best.pt`` of the best mIoU so far."""
     config, env, state = run.config, run.env, run.state
@@ -572,17 +593,12 @@ def _validate(run: Training) -> None:
         config.run.precision,
         config.run.progress,
         pipeline=PipelineConfig(batch_size=1, workers=config.data.workers),
+        multilabel=config.model.task == "multilabel",
     )
     run.tick += time.perf_counter() - started  # validation time is not training throughput
     run.scores = scores = evaluation.scores()
     state.validation_due = False
-    run.log.write(
-        {
-            "iteration": state.iteration,
-            "val_miou": scores.mean_iou,
-            "val_pixel_accuracy": scores.pixel_accuracy,
-        }
-    )
+    run.log.write(_validation_record(state.iteration, scores, config.model.task))
     if env.is_main:
         print(f"iteration {state.iteration}: validation mIoU {scores.mean_iou:.4f}")
         if scores.mean_iou > state.best_miou:
