@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +43,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss as _torchvision_sigmoid_focal
 
 from atrous.data.balance import CLASS_WEIGHTINGS, ClassWeighting
-
-if TYPE_CHECKING:
-    from atrous.data.base import Task
+from atrous.data.base import Task
 
 __all__ = [
     "LossConfig",
@@ -63,7 +61,7 @@ __all__ = [
     "top_k_mean",
 ]
 
-TASKS = ("multiclass", "binary", "multilabel")
+TASKS = get_args(Task)
 #: Smallest Dice denominator (|P| + |G|), as smp's ``soft_dice_score``.
 DICE_EPS = 1e-7
 

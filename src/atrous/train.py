@@ -209,18 +209,12 @@ def with_dataset_classes(config: TrainConfig, num_classes: int) -> TrainConfig:
 def training_loss(
     config: TrainConfig, dataset: SegmentationDataset, is_main: bool
 ) -> SegmentationLoss:
-    """The configured loss; class weights as given, or from the training masks' pixel counts
-    (median frequency or inverse log; every mask of the split is read, masks only)."""
+    """The configured loss; class weights as given (``loss.class_weights``), or computed from
+    the training masks' pixel counts (``loss.class_weighting``: every mask of the split is
+    read, masks only)."""
     loss, classes = config.loss, dataset.num_classes
     weights = None
-    if loss.class_weights is not None:
-        weights = torch.tensor(loss.class_weights, dtype=torch.float32)
-        if len(weights) != classes:
-            raise ValueError(
-                f"loss.class_weights has {len(weights)} values for {classes} classes "
-                f"({', '.join(dataset.classes)})"
-            )
-    elif loss.class_weighting != "none":
+    if loss.class_weighting != "none":
         report = sample_labels(dataset, limit=len(dataset))
         computed = class_weights(loss.class_weighting, report.pixels, report.present_pixels)
         weights = torch.from_numpy(np.asarray(computed, dtype=np.float32))
