@@ -249,19 +249,18 @@ def check_data(
 
 
 def _print_class_table(report: DataReport) -> None:
-    """Pixels, share and the two class-weight schemes per class (0: a class never seen)."""
-    median = median_frequency_weights(report.pixels, report.present_pixels)
-    log = inverse_log_weights(report.pixels)
+    """Pixels, share and the two class-weight schemes per class (0: a class never seen; none
+    at all when no mask was valid)."""
     table = Table("class", "pixels", "share", "median-freq weight", "inverse-log weight")
-    rows = zip(report.classes, report.pixels, report.frequencies, median, log, strict=True)
-    for name, pixels, share, median_weight, log_weight in rows:
-        table.add_row(
-            name,
-            str(int(pixels)),
-            f"{100 * share:.2f}%",
-            f"{median_weight:.3f}",
-            f"{log_weight:.3f}",
-        )
+    if report.pixels.any():
+        median = median_frequency_weights(report.pixels, report.present_pixels)
+        log = inverse_log_weights(report.pixels)
+        weights = [(f"{m:.3f}", f"{v:.3f}") for m, v in zip(median, log, strict=True)]
+    else:
+        weights = [("-", "-")] * len(report.classes)
+    rows = zip(report.classes, report.pixels, report.frequencies, weights, strict=True)
+    for name, pixels, share, (median_weight, log_weight) in rows:
+        table.add_row(name, str(int(pixels)), f"{100 * share:.2f}%", median_weight, log_weight)
     console.print(table)
 
 
