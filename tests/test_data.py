@@ -343,11 +343,14 @@ def test_label_checks_flag_binary_masks_and_empty_classes(tmp_path):
     assert not report.errors  # every pair is valid: the problem is what the values mean
     (problem,) = [p for p in report.label_problems() if p.fatal]
     assert "only 0 and 255, and 255 is the ignore label" in problem.message
-    assert "np.where(mask == 255, 1, 0)" in problem.message
+    assert problem.fix == "--data.task binary" and problem.message.endswith(": --data.task binary")
 
     make_binary_folder(tmp_path / "one", "[object]", 1)
-    problems = check_dataset(FolderDataset(tmp_path / "one", "train"), progress=False)
-    assert "name both, e.g. names: [background, object]" in problems.label_problems()[0].message
+    (problem,) = check_dataset(
+        FolderDataset(tmp_path / "one", "train"), progress=False
+    ).label_problems()
+    assert "one class is named ('object')" in problem.message and problem.fatal
+    assert problem.fix == "--data.task binary"
 
     make_binary_folder(tmp_path / "fine", "[background, object, extra]", 1)
     report = sample_labels(FolderDataset(tmp_path / "fine", "train"))

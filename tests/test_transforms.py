@@ -104,3 +104,34 @@ def test_augmented_samples_are_a_function_of_seed_epoch_and_index():
     torch.manual_seed(123)
     samples[(0, 1)]
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left untouched
+
+
+def test_multilabel_masks_and_float_bands_move_together():
+    """(K, H, W) masks with a 4-band float image: padded with the ignore label and the mean
+    bands, cropped and flipped as one (band k is a function of mask plane k at every pixel)."""
+    mean, std = (0.1, 0.2, 0.3, 0.4), (0.5, 0.25, 0.5, 0.25)
+    planes = torch.randint(0, 2, (2, 20, 16))
+    bands = torch.cat([planes * 0.5 + 0.25, torch.rand(2, 20, 16)]).float()
+    image, mask = tv_tensors.Image(bands), tv_tensors.Mask(planes)
+    transform = training_transform(33, mean, std, scale_range=(1.0, 1.0), flip=True)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out_image, out_mask = transform(image, mask)
+        assert out_image.shape == (4, 33, 33) and out_image.dtype == torch.float32
+        assert out_mask.shape == (2, 33, 33) and out_mask.dtype == torch.int64
+        padded = out_mask[0] == 255
+        assert torch.equal(padded, out_mask[1] == 255) and padded.sum() == 33 * 33 - 20 * 16
+        assert out_image[:, padded].abs().max() < 1e-6  # the mean bands normalise to zero
+        raw = out_image * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+        for k in range(2):
+            torch.testing.assert_close(raw[k][~padded], out_mask[k][~padded] * 0.5 + 0.25)
+    with pytest.raises(ValueError, match="color_jitter works on RGB images"):
+        training_transform(33, mean, std, color_jitter=0.4)
+
+
+def test_random_scale_resizes_multilabel_masks_with_nearest_neighbour():
+    image = tv_tensors.Image(torch.rand(4, 6, 5))
+    mask = tv_tensors.Mask(torch.randint(0, 2, (3, 6, 5)))
+    out_image, out_mask = RandomScale(2.0, 2.0, 0)(image, mask)
+    assert out_image.shape == (4, 12, 10)
+    assert torch.equal(out_mask, mask.repeat_interleave(2, -1).repeat_interleave(2, -2))

@@ -26,8 +26,20 @@ from atrous.convert import convert
 from atrous.convert_hf import convert_transformers
 from atrous.convert_mmseg import convert_mmseg
 from atrous.convert_tf import convert_tf
-from atrous.data import DataConfig, DataError, SegmentationDataset, SyntheticScenes, build_dataset
-from atrous.data.checks import check_dataset
+from atrous.data import (
+    DataConfig,
+    DataError,
+    FolderDataset,
+    SegmentationDataset,
+    SyntheticScenes,
+    Task,
+    build_dataset,
+)
+from atrous.data.balance import inverse_log_weights, median_frequency_weights
+from atrous.data.chart import plot_class_balance
+from atrous.data.checks import DataReport, LabelProblem, check_dataset
+from atrous.data.doctor import label_doctor
+from atrous.data.fix import write_fixed
 from atrous.demo import run_demo
 from atrous.distributed import init_distributed, resolve_device, shutdown_distributed
 from atrous.evaluate import Evaluation, scores_to_dict
@@ -190,30 +202,86 @@ def check_data(
     root: str | None = None,
     sbd_root: str | None = None,
     split: str = "train",
+    task: Task = "multiclass",
+    reduce_zero_label: bool = False,
+    in_channels: int = 3,
+    fix: str | None = None,
+    chart: str | None = None,
 ) -> int:
-    """Check every image/mask pair of a dataset and report class pixel frequencies.
+    """Check every image/mask pair of a dataset, name the label conventions of its masks with
+    the option that reads each, and report class frequencies and weights.
 
     Args:
         dataset: synthetic, voc, voc_aug, cityscapes, ade20k or folder.
         root: the dataset folder.
         sbd_root: the SBD folder (voc_aug only).
         split: the split to check.
+        task: what the masks mean: multiclass, binary (0/255 or 0/1) or multilabel (a mask per
+            class), as data.task.
+        reduce_zero_label: 0 is unlabelled and 1..N are the classes (as ADE20K).
+        in_channels: image bands (not 3: folder datasets of multi-band TIFFs).
+        fix: write a converted copy of a folder dataset into this new folder (masks of class
+            indices, classes.yaml, images copied); the originals are only read.
+        chart: write the class-balance bar chart to this PNG file.
     """
-    config = DataConfig(dataset=dataset, root=root, sbd_root=sbd_root, train_split=split)
+    config = DataConfig(
+        dataset=dataset,
+        root=root,
+        sbd_root=sbd_root,
+        train_split=split,
+        task=task,
+        reduce_zero_label=reduce_zero_label,
+        in_channels=in_channels,
+    )
     data = build_dataset(config, "train")
     report = check_dataset(data)
-    table = Table("class", "pixels", "share")
-    for name, pixels, share in zip(report.classes, report.pixels, report.frequencies, strict=True):
-        table.add_row(name, str(int(pixels)), f"{100 * share:.2f}%")
-    console.print(table)
+    diagnosis = label_doctor(data, report)
+    _print_class_table(report)
     console.print(f"{report.samples} of {len(data)} samples valid; {report.ignored} ignored pixels")
     for error in report.errors:
         console.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
-    problems = report.label_problems()
+    _print_label_problems(diagnosis.problems)
+    if chart is not None:
+        plot_class_balance(report.classes, report.pixels, Path(chart), f"class balance: {split}")
+        console.print(f"class-balance chart: {chart}")
+    if fix is not None:
+        if not isinstance(data, FolderDataset):
+            raise ValueError("--fix converts folder datasets (dataset 'folder')")
+        written = write_fixed(data, diagnosis, fix)
+        console.print(
+            f"fixed copy: {written} image/mask pairs in {fix}; check it with "
+            f"atrous check-data folder --root {fix} --split {split or repr('')}",
+            markup=False,
+            soft_wrap=True,
+        )
+    return 1 if report.errors or any(p.fatal for p in diagnosis.problems) else 0
+
+
+def _print_class_table(report: DataReport) -> None:
+    """Pixels, share and the two class-weight schemes per class (0: a class never seen; none
+    at all when no mask was valid)."""
+    table = Table("class", "pixels", "share", "median-freq weight", "inverse-log weight")
+    if report.pixels.any():
+        median = median_frequency_weights(report.pixels, report.present_pixels)
+        log = inverse_log_weights(report.pixels)
+        weights = [(f"{m:.3f}", f"{v:.3f}") for m, v in zip(median, log, strict=True)]
+    else:
+        weights = [("-", "-")] * len(report.classes)
+    rows = zip(report.classes, report.pixels, report.frequencies, weights, strict=True)
+    for name, pixels, share, (median_weight, log_weight) in rows:
+        table.add_row(name, str(int(pixels)), f"{100 * share:.2f}%", median_weight, log_weight)
+    console.print(table)
+
+
+def _print_label_problems(problems: Sequence[LabelProblem]) -> None:
+    """Each problem, and for a --data.* fix the check-data option that tries it."""
     for problem in problems:
         kind, style = ("labels", "bold red") if problem.fatal else ("warning", "yellow")
+        kind = "note" if problem.kind == "palette_png" else kind
         console.print(f"{kind}: {problem.message}", style=style, markup=False, soft_wrap=True)
-    return 1 if report.errors or any(p.fatal for p in problems) else 0
+        if problem.fix and problem.fix.startswith("--data."):
+            option = problem.fix.removeprefix("--data.")
+            console.print(f"  check again with: atrous check-data ... --{option}", markup=False)
 
 
 def evaluate(

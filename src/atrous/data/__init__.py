@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from atrous.data.ade20k import ADE20K
-from atrous.data.base import IGNORE_INDEX, SegmentationDataset, check_pair
+from atrous.data.base import IGNORE_INDEX, SegmentationDataset, Task, check_pair
 from atrous.data.cache import DecodedCache
 from atrous.data.cityscapes import Cityscapes
-from atrous.data.folder import FolderDataset, read_classes_file
+from atrous.data.folder import FolderDataset, folder_classes
 from atrous.data.io import DataError, read_image, read_mask
 from atrous.data.synthetic import SyntheticScenes
 from atrous.data.transforms import RandomScale, normalisation, training_transform
@@ -39,6 +39,12 @@ class DataConfig:
     synthetic_val: int = 200  # built-in scenes: validation images
     synthetic_size: int = 128  # built-in scenes: side in pixels
     cache_dir: str | None = None  # decode once: keep decoded pairs here as raw arrays
+    # What the masks mean (folder datasets): multiclass (class indices), binary (0/255 or 0/1
+    # masks → background 0 / foreground 1), multilabel (one 0/255 mask per class, classes may
+    # overlap: masks/<split>/<class name>/<stem>.png).
+    task: Task = "multiclass"
+    reduce_zero_label: bool = False  # folder masks: 0 = unlabelled → ignore, 1..N → 0..N-1
+    in_channels: int = 3  # image bands; not 3: folder dataset, float images (multi-band TIFF)
 
 
 def build_dataset(config: DataConfig, split: Literal["train", "val"]) -> SegmentationDataset:
@@ -51,6 +57,7 @@ def build_dataset(config: DataConfig, split: Literal["train", "val"]) -> Segment
 def _read_dataset(config: DataConfig, split: Literal["train", "val"]) -> SegmentationDataset:
     name = config.dataset
     split_name = config.train_split if split == "train" else config.val_split
+    _check_folder_options(config)
     if name == "synthetic":
         length = config.synthetic_train if split == "train" else config.synthetic_val
         # Disjoint seeds keep validation scenes out of training.
@@ -70,10 +77,36 @@ def _read_dataset(config: DataConfig, split: Literal["train", "val"]) -> Segment
     if name == "ade20k":
         return ADE20K(config.root, split_name)
     if name == "folder":
-        return FolderDataset(config.root, split_name or None)
+        return FolderDataset(
+            config.root,
+            split_name or None,
+            task=config.task,
+            reduce_zero_label=config.reduce_zero_label,
+            in_channels=config.in_channels,
+        )
     raise ValueError(
         f"unknown dataset {name!r}; available: synthetic, voc, voc_aug, cityscapes, ade20k, folder"
     )
+
+
+def _check_folder_options(config: DataConfig) -> None:
+    """The label and band options are the folder dataset's (ADE20K always reduces zero)."""
+    if config.dataset == "folder":
+        return
+    if config.task != "multiclass":
+        raise ValueError(
+            f"data.task {config.task!r} needs dataset 'folder', not {config.dataset!r}"
+        )
+    if config.in_channels != 3:
+        raise ValueError(
+            f"data.in_channels {config.in_channels} needs dataset 'folder' (multi-band TIFF "
+            f"images); {config.dataset!r} is RGB"
+        )
+    if config.reduce_zero_label and config.dataset != "ade20k":
+        raise ValueError(
+            f"data.reduce_zero_label is for dataset 'folder' (ade20k always reduces); "
+            f"{config.dataset!r} has its own label mapping"
+        )
 
 
 def dataset_labels(
@@ -81,7 +114,8 @@ def dataset_labels(
 ) -> tuple[tuple[str, ...] | None, tuple[tuple[int, int, int], ...] | None]:
     """Class names and palette of ``config``'s dataset, without reading its images.
 
-    A folder dataset's come from its ``classes.yaml``; (None, None) when that is not at hand.
+    A folder dataset's come from its ``classes.yaml`` (read for ``config.task``: a binary one may
+    have none); (None, None) when that is not at hand.
     """
     fixed = {
         "synthetic": SyntheticScenes,
@@ -93,9 +127,11 @@ def dataset_labels(
     if config.dataset in fixed:
         reader = fixed[config.dataset]
         return reader.classes, reader.palette
-    classes_file = Path(config.root or ".") / "classes.yaml"
-    if config.dataset == "folder" and classes_file.is_file():
-        names, palette, _ = read_classes_file(classes_file)
+    root = Path(config.root or ".")
+    if config.dataset == "folder" and (
+        config.task == "binary" or (root / "classes.yaml").is_file()
+    ):
+        names, palette, _ = folder_classes(root, config.task)
         return names, palette
     return None, None
 
@@ -111,6 +147,7 @@ __all__ = [
     "RandomScale",
     "SegmentationDataset",
     "SyntheticScenes",
+    "Task",
     "VOCAugSegmentation",
     "VOCSegmentation",
     "build_dataset",

@@ -57,6 +57,7 @@ class DecodedCache(SegmentationDataset):
         self.classes = dataset.classes
         self.palette = dataset.palette
         self.ignore_index = dataset.ignore_index
+        self.task = dataset.task
         self.folder = Path(folder) / dataset_fingerprint(dataset)
         self.folder.mkdir(parents=True, exist_ok=True)
 

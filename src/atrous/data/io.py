@@ -50,22 +50,75 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A label file → (H, W) array of class indices, or (H, W, 3) for RGB-coloured masks.
+def read_bands(path: str | Path, bands: int) -> np.ndarray:
+    """A multi-band image (RGB + NIR, multispectral) → (H, W, ``bands``) float32.
 
-    Palette ('P') PNGs give their indices, not their colours; 'L' and 16-bit files their values.
+    TIFFs are read with tifffile; their bands may be the last axis (H, W, C: interleaved, as most
+    writers store them) or the first (C, H, W: planar, as GDAL/rasterio write), the last axis
+    tried first. Other files are read with Pillow (grey: 1 band, RGBA: 4). Integers are scaled
+    by their type's maximum (uint8 /255, uint16 /65535), floats kept as they are. A file with
+    another number of bands is a DataError naming it.
     """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            with Image.open(path) as opened:
+                array = np.asarray(opened)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim == 3 and array.shape[-1] != bands and array.shape[0] == bands:
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim != 3 or array.shape[-1] != bands:
+        raise DataError(
+            f"image {path} has shape {array.shape}: expected {bands} bands (data.in_channels) "
+            "as the last axis (H, W, C) or the first (C, H, W)"
+        )
+    if np.issubdtype(array.dtype, np.integer):
+        return (array / np.iinfo(array.dtype).max).astype(np.float32)
+    return array.astype(np.float32)
+
+
+Palette = tuple[tuple[int, int, int], ...]
+
+
+def read_raw_mask(path: str | Path) -> tuple[np.ndarray, Palette | None]:
+    """A label file as stored: (H, W) values or (H, W, 3) colours, and a palette PNG's colours
+    (None for other files), for the label doctor to tell the file's convention."""
     try:
         with Image.open(path) as opened:
             opened.load()
             mode = opened.mode
             if mode in ("RGB", "RGBA"):
-                return np.asarray(opened.convert("RGB"))
+                return np.asarray(opened.convert("RGB")), None
             if mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
                 raise DataError(f"cannot use mask {path}: unsupported mode {mode!r}")
-            return np.asarray(opened).astype(np.int64)
+            flat = opened.getpalette() if mode == "P" else None
+            colours = None if flat is None else tuple(zip(*[iter(flat)] * 3, strict=False))
+            return np.asarray(opened).astype(np.int64), colours
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DataError(f"cannot read mask {path}: {error}") from None
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label file → (H, W) array of class indices, or (H, W, 3) for RGB-coloured masks.
+
+    Palette ('P') PNGs give their indices, not their colours; 'L' and 16-bit files their values.
+    """
+    return read_raw_mask(path)[0]
+
+
+def grey_if_equal(mask: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) mask whose three channels are equal (grey saved as RGB) → its (H, W) values;
+    any other mask unchanged."""
+    if mask.ndim == 3 and (mask == mask[..., :1]).all():
+        return mask[..., 0].astype(np.int64)
+    return mask
 
 
 def colours_to_labels(

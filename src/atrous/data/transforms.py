@@ -2,7 +2,11 @@
 
 Training: random scale (0.5–2.0 in steps of 0.25), pad with the mean pixel and the ignore label
 up to the crop, random crop, left-right flip, optional photometric jitter, normalisation. Masks
-are always resized with nearest neighbour (v2 does this for ``tv_tensors.Mask``).
+are always resized with nearest neighbour (v2 does this for ``tv_tensors.Mask``), (H, W) class
+masks and (K, H, W) multilabel masks alike.
+
+Images are uint8 RGB, or float32 on [0, 1] with any other number of bands (``mean``/``std`` of
+that length: one per band); the photometric jitter is for RGB only.
 """
 
 from __future__ import annotations
@@ -55,9 +59,19 @@ def training_transform(
     color_jitter: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
 ) -> v2.Compose:
-    """The paper's training augmentation for (Image, Mask) pairs → (normalised float, int64)."""
+    """The paper's training augmentation for (Image, Mask) pairs → (normalised float, int64).
+
+    ``len(mean)`` is the number of image bands: 3 for uint8 RGB (padded with the mean pixel in
+    0–255), any other for float images (padded with ``mean`` itself).
+    """
     crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
-    mean_pixel = [round(255 * m) for m in mean]
+    rgb = len(mean) == 3
+    if color_jitter > 0 and not rgb:
+        raise ValueError(
+            f"color_jitter works on RGB images; set data.color_jitter to 0 for {len(mean)}-band "
+            "inputs"
+        )
+    mean_pixel = [round(255 * m) for m in mean] if rgb else [float(m) for m in mean]
     steps: list[v2.Transform] = []
     if scale_range != (1.0, 1.0):
         steps.append(RandomScale(scale_range[0], scale_range[1], scale_step))
@@ -77,7 +91,8 @@ def training_transform(
 
 
 def normalisation(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """uint8 image → float normalised with (mean, std) on [0, 1]; mask → int64. No resizing."""
+    """uint8 image → float normalised with (mean, std) on [0, 1] (float images are on [0, 1]
+    already and only normalised); mask → int64. No resizing."""
     return v2.Compose(
         [
             v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),
