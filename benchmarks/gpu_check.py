@@ -53,7 +53,8 @@ from atrous.convert import from_smp
 from atrous.export import compare_logits
 from atrous.precision import autocast
 from atrous.profile import describe_device
-from atrous.train import build_optimizer, segmentation_loss
+from atrous.losses import LossConfig, build_loss
+from atrous.train import build_optimizer
 from atrous.train_config import OptimConfig
 
 IGNORE_INDEX = 255
@@ -172,17 +173,18 @@ def training_step(
     precision: str,
     device: torch.device,
 ) -> tuple[Callable[[], torch.Tensor], torch.amp.GradScaler]:
-    """One step as ``atrous.train`` takes it (one micro-batch): the paper's SGD, autocast,
-    the loss scaled by a GradScaler for fp16. The step returns the loss without waiting for
-    it (no host sync inside the timed loop)."""
+    """One step as ``atrous.train`` takes it (one micro-batch): the paper's SGD, autocast, the
+    default loss (cross-entropy ignoring label 255), scaled by a GradScaler for fp16. As in
+    training, the loss terms are read back once per step."""
     optimizer = build_optimizer(model, OptimConfig())
+    loss_fn = build_loss(LossConfig(), "multiclass", model.num_classes, IGNORE_INDEX, None)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     images, target = batch
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
-            loss = segmentation_loss(net(images), target, IGNORE_INDEX)
+            loss, _ = loss_fn({"out": net(images)}, target, 0)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
