@@ -51,9 +51,9 @@ from torch import nn
 import atrous
 from atrous.convert import from_smp
 from atrous.export import compare_logits
+from atrous.losses import LossConfig, build_loss
 from atrous.precision import autocast
 from atrous.profile import describe_device
-from atrous.losses import LossConfig, build_loss
 from atrous.train import build_optimizer
 from atrous.train_config import OptimConfig
 
