@@ -355,7 +355,8 @@ def test_class_weights_follow_their_formulas():
     share = pixels / pixels.sum()
     expected = [1 / np.log(1.02 + p) if p else 0.0 for p in share]
     np.testing.assert_allclose(inverse_log_weights(pixels), expected)
-    np.testing.assert_array_equal(inverse_log_weights(np.zeros(3)), np.zeros(3))
+    with pytest.raises(ValueError, match="no class has a labelled pixel"):
+        inverse_log_weights(np.zeros(3))
 
 
 def test_check_data_prints_weights_and_draws_the_chart(tmp_path, capsys):

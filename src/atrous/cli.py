@@ -334,17 +334,11 @@ def evaluate(
     if not env.is_main:
         return
     path = Path(output) if output else default_report_path(resolve_source(model), split)
-    report = {
-        "model": model,
-        "dataset": dataclasses.asdict(data),
-        "split": split,
-        "images": len(dataset),
-        "inference": dataclasses.asdict(inference),
-        "precision": precision,
-        "fast": fast,
-    }
+    protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
+    protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
+    protocol_record.update(precision=precision, fast=fast)
     _report_evaluation(
-        result, dataset.classes, report, published, trimap_source, path, segmenter.task
+        result, dataset.classes, protocol_record, published, trimap_source, path, segmenter.task
     )
 
 
