@@ -6,9 +6,10 @@ import torchvision
 from safetensors.torch import save_file
 from test_backbones import randomize_bn
 from test_pretrained import use_offline_hf_cache
+from torch import nn
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101_Weights
 
-from atrous import Xception, create_model
+from atrous import Xception, create_model, load_backbone_weights
 from atrous.backbones.weights import backbone_state_dict
 
 timm = pytest.importorskip("timm")
@@ -110,3 +111,93 @@ def test_weights_that_cannot_apply_are_clear_errors():
     resnet50 = torchvision.models.resnet50().state_dict()
     with pytest.raises(ValueError, match=r"missing from the weights: layer3\.6\.conv1\.weight"):
         create_model("deeplabv3plus_resnet101", backbone_weights=resnet50)
+
+
+def smp_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """segmentation_models_pytorch's ``patch_first_conv`` on a conv holding ``weight``: the
+    reference for the rule (smp is a test-only dependency)."""
+    utils = pytest.importorskip("segmentation_models_pytorch.encoders._utils")
+    conv = nn.Conv2d(3, weight.shape[0], weight.shape[2:], bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+    holder = nn.Sequential(conv)
+    utils.patch_first_conv(holder, in_channels, pretrained=True)
+    return holder[0].weight.detach()
+
+
+def rgb_rule_by_hand(rgb: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """The documented rule written out: 1 band sums R, G, B; n bands take R, G, B, R, ... × 3/n."""
+    if in_channels == 1:
+        return rgb[:, 0:1] + rgb[:, 1:2] + rgb[:, 2:3]
+    return torch.stack([rgb[:, i % 3] for i in range(in_channels)], 1) * (3 / in_channels)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_file(tmp_path_factory):
+    """Random torchvision MobileNetV2 ImageNet-layout weights in a .pth file, and their tensors."""
+    torch.manual_seed(0)
+    state = torchvision.models.mobilenet_v2().state_dict()
+    path = tmp_path_factory.mktemp("rgb") / "mobilenet.pth"
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.mark.parametrize("in_channels", [4, 1, 2])
+def test_rgb_weights_adapt_to_other_band_counts_by_smps_rule(mobilenet_file, in_channels):
+    path, state = mobilenet_file
+    model = create_model(
+        "deeplabv3plus_mobilenetv2", in_channels=in_channels, backbone_weights=path
+    )
+    rgb = state["features.0.0.weight"]  # (32, 3, 3, 3)
+    first = model.backbone.features[0][0].weight.detach()
+    assert first.shape == (32, in_channels, 3, 3)
+    torch.testing.assert_close(first, rgb_rule_by_hand(rgb, in_channels), rtol=0, atol=1e-7)
+    torch.testing.assert_close(first, smp_first_conv(rgb, in_channels), rtol=0, atol=1e-7)
+    for key, value in model.backbone.state_dict().items():
+        if key != "features.0.0.weight":
+            assert torch.equal(value, state[key]), key
+    # Weights that already have the bands load as they are; others are a clear error.
+    again = create_model(
+        "deeplabv3plus_mobilenetv2",
+        in_channels=in_channels,
+        backbone_weights=model.backbone.state_dict(),
+    )
+    assert torch.equal(again.backbone.features[0][0].weight, first)
+    with pytest.raises(ValueError, match=r"differ in shape: features\.0\.0\.weight"):
+        create_model(
+            "deeplabv3plus_mobilenetv2", in_channels=5, backbone_weights=again.backbone.state_dict()
+        )
+
+
+def test_bands_repeating_rgb_give_the_rgb_features(mobilenet_file):
+    """The 3/n scale keeps the response: six bands R, G, B, R, G, B act as the RGB image."""
+    path, _ = mobilenet_file
+    rgb = create_model("deeplabv3plus_mobilenetv2", backbone_weights=path).eval()
+    six = create_model("deeplabv3plus_mobilenetv2", in_channels=6, backbone_weights=path).eval()
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        expected, got = rgb.backbone(x), six.backbone(torch.cat([x, x], 1))
+    for key in ("low", "high"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-4)
+
+
+def test_four_band_resnet50_loads_imagenet_weights_by_name(torch_hub_cache):
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50().state_dict()
+    torch.save(state, cache_file(torch_hub_cache, ResNet50_Weights.IMAGENET1K_V2))
+    model = create_model("deeplabv3plus_resnet50", in_channels=4, backbone_weights="IMAGENET1K_V2")
+    rgb = state["conv1.weight"]
+    torch.testing.assert_close(model.backbone.conv1.weight.detach(), rgb_rule_by_hand(rgb, 4))
+    torch.testing.assert_close(model.backbone.conv1.weight.detach(), smp_first_conv(rgb, 4))
+    assert torch.equal(model.backbone.layer3[5].conv2.weight, state["layer3.5.conv2.weight"])
+
+
+def test_four_band_xception_adapts_timm_weights():
+    """timm's stem conv, renamed to ours (``stem.0.0``), is the one adapted."""
+    torch.manual_seed(0)
+    state = timm.create_model("xception41", pretrained=False).state_dict()
+    backbone = Xception("xception41", in_channels=4)
+    load_backbone_weights(backbone, "xception41", state)
+    rgb = state["stem.0.conv.weight"]
+    torch.testing.assert_close(backbone.stem[0][0].weight.detach(), rgb_rule_by_hand(rgb, 4))
+    assert torch.equal(backbone.stem[1][0].weight, state["stem.1.conv.weight"])

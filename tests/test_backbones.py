@@ -225,7 +225,7 @@ def test_xception_structure():
     assert net.blocks[2].convs[2].depthwise.stride == (1, 1)
     assert net.blocks[10].convs[0].depthwise.dilation == (2, 2)
     assert [c.depthwise.dilation[0] for c in exit2.convs] == [4, 4, 4]
-    assert Xception("xception71").out_channels == {"low": 256, "high": 2048}
+    assert Xception("xception71").out_channels == {"low": 256, "high": 2048, "aux": 728}
     assert Xception("xception71").tap_index == 2
 
 
@@ -271,8 +271,9 @@ def test_mobilenetv2_dilation_pattern_at_os8():
 
 def test_mobilenetv2_width_multiplier():
     net = MobileNetV2(width_multiplier=0.5)
-    features = net(torch.randn(2, 3, 32, 32))
-    assert net.out_channels == {"low": features["low"].shape[1], "high": features["high"].shape[1]}
+    features = net(torch.randn(2, 3, 32, 32), aux=True)
+    assert net.out_channels == {key: value.shape[1] for key, value in features.items()}
+    assert set(features) == {"low", "high", "aux"} and features["aux"].shape[1] == 48
     assert features["high"].shape[1] < 320
 
 

@@ -14,6 +14,8 @@ from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 smp = pytest.importorskip("segmentation_models_pytorch")
 
 TOLERANCE = 1e-4
+#: The auxiliary head sits on layer3: fewer layers, so less rounding than the logits.
+AUX_TOLERANCE = 1e-5
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,6 +42,35 @@ def test_torchvision_deeplabv3_resnet50_gives_the_same_logits():
         assert max_abs_diff(model(x), reference(x)["out"]) <= TOLERANCE
         model.set_output_stride(16)  # the same weights at OS16: rates follow the paper's rule
         assert model.aspp.rates == (6, 12, 18) and model(x).shape == (1, 7, 49, 67)
+
+
+def test_torchvision_aux_classifier_converts_into_the_aux_head(tmp_path):
+    """aux_loss=True weights: our forward_train's "aux" is torchvision's model(x)["aux"]."""
+    reference = torchvision_model(num_classes=7)
+    model = from_torchvision(reference, aux_head=True)
+    assert model.config.aux_head and model.aux_head[0].out_channels == 256
+    x = torch.randn(1, 3, 49, 67)
+    with torch.no_grad():
+        expected = reference(x)
+        outputs = model.forward_train(x)
+    assert max_abs_diff(outputs["aux"], expected["aux"]) <= AUX_TOLERANCE
+    assert max_abs_diff(outputs["out"], expected["out"]) <= TOLERANCE
+    assert from_torchvision(reference).aux_head is None  # dropped unless asked for
+    # A folder to fine-tune from keeps the head; a checkpoint without one is a clear error.
+    torch.save(reference.state_dict(), tmp_path / "deeplabv3.pth")
+    start = load_model(
+        convert(
+            str(tmp_path / "deeplabv3.pth"), "torchvision", str(tmp_path / "start"), aux_head=True
+        )
+    )
+    assert start.config.aux_head
+    with torch.no_grad():
+        assert max_abs_diff(start.forward_train(x)["aux"], expected["aux"]) <= AUX_TOLERANCE
+    no_aux = {k: v for k, v in reference.state_dict().items() if not k.startswith("aux_")}
+    with pytest.raises(ValueError, match=r"no auxiliary classifier \(aux_classifier"):
+        from_torchvision(no_aux, aux_head=True)
+    with pytest.raises(ValueError, match="aux_head applies to torchvision sources only"):
+        convert("x", "smp", str(tmp_path), aux_head=True)
 
 
 def test_published_torchvision_weights_convert_from_the_hub_cache_offline(tmp_path, monkeypatch):

@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from atrous.export import (
 from atrous.fast import optimize_for_inference
 from atrous.predict import load_segmenter
 from atrous.published import load_model
+from atrous.zoo import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,3 +131,30 @@ def test_a_wrong_graph_still_fails_the_check(exported, tmp_path):
     segmenter, _, _ = exported
     with pytest.raises(ExportCheckError, match=r"argmax agreement .*tolerance 0.0001 of the scale"):
         export_onnx(WrongWhenExported(segmenter.network), tmp_path / "wrong.onnx")
+
+
+def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
+    """Neither the ONNX graph, its metadata nor the torch.export program holds the auxiliary head
+    (torch.export would otherwise keep its unused parameters); the model keeps it. A 4-band
+    model exports and checks with 4-band images."""
+    torch.manual_seed(0)
+    model = create_model(
+        "deeplabv3plus_mobilenetv2",
+        num_classes=3,
+        width_multiplier=0.25,
+        aux_head=True,
+        in_channels=4,
+    )
+    report = export_onnx(model, tmp_path / "aux.onnx")
+    assert all(a.relative_diff <= RELATIVE_TOLERANCE for a in report.agreement.values())
+    proto = onnx.load(tmp_path / "aux.onnx")
+    assert proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 4
+    names = [tensor.name for tensor in proto.graph.initializer]
+    assert "classifier.weight" in names and not any("aux_head" in n for n in names)
+    metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    assert metadata["config"]["aux_head"] is False
+    program = torch.export.load(export_program(model, tmp_path / "aux.pt2"))
+    expected = {k for k in model.state_dict() if not k.startswith("aux_head.")}
+    assert set(program.state_dict) | set(program.constants) >= expected
+    assert not any(k.startswith("aux_head.") for k in [*program.state_dict, *program.constants])
+    assert model.aux_head is not None and not model.training

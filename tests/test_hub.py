@@ -9,6 +9,7 @@ import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import HfApi
+from safetensors.torch import load_file
 
 from atrous.data import SyntheticScenes
 from atrous.model import DeepLab
@@ -108,3 +109,51 @@ def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny_run, monkeypatc
     assert set(uploaded) == {"config.json", "model.safetensors", "README.md"}
     for name in uploaded:
         assert uploaded[name] == (tiny_run / "model" / name).read_bytes(), name
+
+
+def test_saved_models_leave_the_aux_head_out(tmp_path):
+    """A saved model is for inference: no aux_head tensors, aux_head false, none when loaded."""
+    torch.manual_seed(0)
+    model = create_model(
+        "deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.25, aux_head=True
+    ).eval()
+    model.save_pretrained(tmp_path / "model")
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+    state = model.state_dict()
+    assert any(k.startswith("aux_head.") for k in state)
+    assert set(saved) == {k for k in state if not k.startswith("aux_head.")}
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["model"]["aux_head"] is False
+    loaded = load_model(tmp_path / "model")
+    assert loaded.aux_head is None and loaded.config == model.config.replace(aux_head=False)
+    assert model.aux_head is not None and model.config.aux_head  # saving changed nothing
+    x = torch.randn(1, 3, 49, 49)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    # A fine-tuning start keeps it, but is not published.
+    model.save_pretrained(tmp_path / "start", keep_aux_head=True)
+    start = load_model(tmp_path / "start")
+    assert torch.equal(start.aux_head[4].weight, model.aux_head[4].weight)
+    with pytest.raises(ValueError, match="push without it"):
+        model.save_pretrained(tmp_path / "hub", keep_aux_head=True, push_to_hub=True)
+
+
+def test_a_four_band_model_saves_its_normalisation(tmp_path):
+    model = create_model(
+        "deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.25, in_channels=4
+    ).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["mean"] == [0.485, 0.456, 0.406, 0.485] and config["model"]["in_channels"] == 4
+    assert (
+        "| input normalisation | mean [0.485, 0.456, 0.406, 0.485]"
+        in (tmp_path / "README.md").read_text()
+    )
+    loaded = load_model(tmp_path)
+    x = torch.randn(1, 4, 49, 49)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    config["mean"] = config["mean"][:3]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"mean \[0.485, 0.456, 0.406\] differs"):
+        load_model(tmp_path)

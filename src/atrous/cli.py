@@ -555,6 +555,7 @@ def convert_weights(
     atrous_rates: list[int] | None = None,
     crop_size: list[int] | None = None,
     dataset: Literal["voc", "cityscapes", "ade20k"] | None = None,
+    aux_head: bool = False,
 ) -> None:
     """Convert a torchvision or smp model, an official TensorFlow DeepLab checkpoint, or an
     atrous training checkpoint into a saved atrous model folder (model.safetensors +
@@ -580,7 +581,10 @@ def convert_weights(
         crop_size: tf only: the training crop [height, width] (VOC 513 513, Cityscapes 769 769),
             which sets the image-pooling kernel as in the official code; default: global pooling.
         dataset: tf only: names the classes and colours (ade20k also drops class 0, "other").
+        aux_head: torchvision only: keep its auxiliary head (a start for --run.init_from).
     """
+    if aux_head and kind != "torchvision":
+        raise ValueError("aux_head applies to torchvision sources only")
     if kind == "tf":
         if class_names is not None or palette is not None:
             raise ValueError("a tf source takes its class names from --dataset")
@@ -597,8 +601,8 @@ def convert_weights(
     if kind == "mmseg":
         console.print(f"written: {convert_mmseg(source, output, output_stride, atrous_rates)}")
         return
-    path = convert(source, kind, output, class_names, palette, output_stride, atrous_rates)
-    console.print(f"written: {path}")
+    options = (class_names, palette, output_stride, atrous_rates, aux_head)
+    console.print(f"written: {convert(source, kind, output, *options)}")
 
 
 def serve(

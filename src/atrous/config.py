@@ -1,8 +1,14 @@
 """Model configuration: a dataclass that round-trips through dicts (and so JSON/YAML).
 
 Defaults are the paper's (DeepLabV3+, OS16, ASPP 256 channels with rates 6/12/18, decoder 48/256
-with two 3×3 convs, dropout 0.1). Each field is one documented option. The last eight exist so that
-models from other libraries convert exactly (``atrous.convert``); their defaults are the paper's.
+with two 3×3 convs, dropout 0.1). Each field is one documented option. The fields from
+``post_aspp_convs`` to ``input_std`` exist so that models from other libraries convert exactly
+(``atrous.convert``); their defaults are the paper's.
+
+``in_channels`` other than 3 (RGB + NIR, multispectral bands) changes the first conv only; ImageNet
+RGB weights then adapt to it (:func:`atrous.backbones.weights.adapt_input_conv`). Without
+``input_mean``/``input_std``, band ``i`` is normalised with the backbone's RGB statistic ``i % 3``
+(R, G, B, R, G, ...), the same cycle by which the first conv's RGB filters are reused.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ class ModelConfig:
     dilate_removed_stride_units: bool = False  # unit losing its stride takes the new rate (smp)
     aspp_projection_kernel: int = 1  # ASPP projection conv: 1×1 (paper); mmsegmentation: 3×3
     tf_padding: bool = False  # strided convs pad as TF's SAME (extra bottom/right on even sizes)
-    input_mean: tuple[float, float, float] | None = None  # None: the backbone's normalisation
-    input_std: tuple[float, float, float] | None = None  # (official TF MobileNetV2: [-1, 1])
+    input_mean: tuple[float, ...] | None = None  # one per input channel; None: the backbone's
+    input_std: tuple[float, ...] | None = None  # (official TF MobileNetV2: [-1, 1])
+    in_channels: int = 3  # input bands (4: RGB + NIR); the first conv takes this many
+    aux_head: bool = False  # FCN head on the stride-16 stage for an auxiliary loss (training)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -73,16 +81,33 @@ class ModelConfig:
             if value is not None:
                 kind = float if name.startswith("input_") else int
                 object.__setattr__(self, name, tuple(kind(v) for v in value))
+        self._check_input_channels()
+
+    def _check_input_channels(self) -> None:
+        if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int):
+            raise ValueError(f"in_channels must be an integer, got {self.in_channels!r}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {self.in_channels}")
+        for name in ("input_mean", "input_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.in_channels:
+                raise ValueError(
+                    f"{name} needs one value per input channel ({self.in_channels}), "
+                    f"got {len(value)}: {list(value)}"
+                )
+        if self.input_std is not None and min(self.input_std) <= 0:
+            raise ValueError(f"input_std must be positive, got {list(self.input_std)}")
 
     @property
-    def mean(self) -> tuple[float, float, float]:
-        """Per-channel mean of the input normalisation (RGB on [0, 1])."""
-        return self.input_mean or BACKBONES[self.backbone].mean
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the input normalisation (on [0, 1]), ``in_channels`` values: the
+        backbone's RGB means repeated as R, G, B, R, ... unless ``input_mean`` is given."""
+        return self.input_mean or _cycle(BACKBONES[self.backbone].mean, self.in_channels)
 
     @property
-    def std(self) -> tuple[float, float, float]:
-        """Per-channel std of the input normalisation (RGB on [0, 1])."""
-        return self.input_std or BACKBONES[self.backbone].std
+    def std(self) -> tuple[float, ...]:
+        """Per-channel std of the input normalisation, as :attr:`mean`."""
+        return self.input_std or _cycle(BACKBONES[self.backbone].std, self.in_channels)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples as lists) for JSON/YAML."""
@@ -102,3 +127,15 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def input_channels(model: object) -> int:
+    """Bands of the images ``model`` reads: its ``config.in_channels``, or 3 (RGB) for a network
+    without a :class:`ModelConfig` (profiling, export and the fast paths size their examples)."""
+    config = getattr(model, "config", None)
+    return config.in_channels if isinstance(config, ModelConfig) else 3
+
+
+def _cycle(rgb: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """Channel ``i`` takes RGB statistic ``i % 3``."""
+    return tuple(rgb[i % len(rgb)] for i in range(channels))

@@ -5,8 +5,10 @@
     convert("DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1", "torchvision", "models/voc")
 
 torchvision ``deeplabv3_resnet50/101``: ASPP at OS8 (rates 12/24/36, dropout 0.5), then a 3×3
-conv-BN-ReLU before the classifier, resizes without aligned corners; its auxiliary FCN head (a
-training aid) is dropped. → DeepLabV3 with ``post_aspp_convs=1``, ``align_corners=False``.
+conv-BN-ReLU before the classifier, resizes without aligned corners. → DeepLabV3 with
+``post_aspp_convs=1``, ``align_corners=False``. Its auxiliary FCN head on ``layer3`` (a training
+aid) is dropped, or kept as our ``aux_head`` (same layout) with ``aux_head=True``, for fine-tuning
+with an auxiliary loss.
 
 smp ``DeepLabV3Plus`` (ResNet-50/101 encoders): separable convs with nothing between depthwise and
 pointwise, one separable conv after ASPP and one in the decoder, fixed rates (12/24/36 by default at
@@ -53,6 +55,8 @@ TORCHVISION_RULES: Rules = (
     (r"^classifier\.4\.", "classifier."),
 )
 TORCHVISION_DROPPED = ("aux_classifier.",)
+#: torchvision's FCNHead and ours have the same layers (3×3 conv to 256, BN, ReLU, dropout, 1×1).
+TORCHVISION_AUX_RULES: Rules = ((r"^aux_classifier\.", "aux_head."),)
 TORCHVISION_WEIGHTS = (DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights)
 
 #: smp DeepLabV3Plus names → ours; its SeparableConv2d is Sequential(depthwise, pointwise) + BN.
@@ -154,13 +158,17 @@ def _torchvision_weights(source: WeightsEnum | str) -> WeightsEnum:
 
 def from_torchvision(
     source: nn.Module | Mapping[str, torch.Tensor] | WeightsEnum | str | os.PathLike,
+    *,
+    aux_head: bool = False,
 ) -> DeepLab:
     """A torchvision ``deeplabv3_resnet50/101`` as an atrous DeepLabV3 with the same logits.
 
     ``source``: the torchvision model, its state dict, a weights enum or name
     (``"DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1"``: downloaded by torchvision, or read
     from the torch hub cache offline), or a ``.pth`` file (read with ``weights_only=True``).
-    Published weights come with their class names (PASCAL VOC) and palette.
+    Published weights come with their class names (PASCAL VOC) and palette. ``aux_head``: keep
+    torchvision's auxiliary classifier (``aux_loss=True`` weights) as ``aux_head``, whose
+    :meth:`~atrous.model.DeepLab.forward_train` output is torchvision's ``"aux"``.
     """
     rates = None
     class_names = None
@@ -186,12 +194,25 @@ def from_torchvision(
         aspp_dropout=0.5,
         post_aspp_convs=1,
         align_corners=False,
+        aux_head=aux_head,
     )
-    model = _convert(rename(state, TORCHVISION_RULES, TORCHVISION_DROPPED), config, "torchvision")
+    model = _convert(_torchvision_names(state, aux_head), config, "torchvision")
     if class_names is not None:
         model.class_names = tuple(class_names)
         model.palette = VOC_PALETTE if model.class_names == VOC_CLASSES else None
     return model
+
+
+def _torchvision_names(state: State, aux_head: bool) -> State:
+    """torchvision DeepLabV3 tensors in our names, its auxiliary classifier kept or dropped."""
+    if not aux_head:
+        return rename(state, TORCHVISION_RULES, TORCHVISION_DROPPED)
+    if "aux_classifier.4.weight" not in state:
+        raise ValueError(
+            "aux_head: these torchvision weights have no auxiliary classifier (aux_classifier.*; "
+            "build the model with aux_loss=True)"
+        )
+    return rename(state, TORCHVISION_RULES + TORCHVISION_AUX_RULES, ())
 
 
 def _read_smp_folder(source: str | os.PathLike) -> tuple[dict[str, Any], State]:
@@ -302,6 +323,7 @@ def convert(
     palette: list[list[int]] | None = None,
     output_stride: int | None = None,
     atrous_rates: list[int] | None = None,
+    aux_head: bool = False,
 ) -> Path:
     """Convert a model from torchvision, smp or an atrous training run into an atrous model folder.
 
@@ -319,16 +341,21 @@ def convert(
         palette: one [r, g, b] colour per class.
         output_stride: smp weights files only: the output stride they were trained at (16).
         atrous_rates: smp weights files only: the ASPP rates (12, 24, 36).
+        aux_head: torchvision only: keep its auxiliary FCN head in the folder, a starting point
+            for fine-tuning with an auxiliary loss (``--run.init_from`` with
+            ``--model.aux_head true``); saved inference models otherwise leave it out.
     """
     if kind != "smp" and (output_stride is not None or atrous_rates is not None):
         raise ValueError("output_stride and atrous_rates apply to smp sources only")
+    if aux_head and kind != "torchvision":
+        raise ValueError("aux_head applies to torchvision sources only")
     if kind == "torchvision":
-        model = from_torchvision(source)
+        model = from_torchvision(source, aux_head=aux_head)
     elif kind == "smp":
         model = from_smp(source, output_stride=output_stride, atrous_rates=atrous_rates)
     elif kind == "checkpoint":
         model = from_checkpoint(source)
     else:
         raise ValueError(f"kind must be 'torchvision', 'smp' or 'checkpoint', got {kind!r}")
-    model.save_pretrained(output, class_names=class_names, palette=palette)
+    model.save_pretrained(output, class_names=class_names, palette=palette, keep_aux_head=aux_head)
     return Path(output)

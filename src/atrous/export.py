@@ -4,6 +4,7 @@ in ONNX Runtime; and ``torch.export`` programs.
 The ONNX file carries what a runtime needs besides the graph in its metadata (``atrous``: JSON
 with the model configuration, class names, palette and input normalisation), so ``atrous
 predict --onnx model.onnx`` and the snippet in ``docs/deployment.md`` need no other file.
+Exports are for inference: a model's auxiliary training head is never part of them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from atrous.config import input_channels
+from atrous.hub import SavedModel
 
 #: Key of the ONNX metadata entry that holds the model description.
 METADATA_KEY = "atrous"
@@ -36,6 +40,12 @@ _DYNAMIC = (
 )
 #: Only the batch is free (a graph for one image size).
 _DYNAMIC_BATCH = ({0: torch.export.Dim.DYNAMIC},)
+
+
+def inference_module(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode and fp32, without its auxiliary training head (if it has one)."""
+    model = model.eval().float()
+    return model.without_aux_head() if isinstance(model, SavedModel) else model
 
 
 class ExportCheckError(RuntimeError):
@@ -102,6 +112,7 @@ def model_metadata(
         raise ValueError("the model has no .config; build it with atrous.create_model/build_model")
     class_names = class_names or getattr(model, "class_names", None)
     palette = palette or getattr(model, "palette", None)
+    bands = "RGB" if config.in_channels == 3 else f"{config.in_channels} bands"
     return {
         "config": config.to_dict(),
         "num_classes": config.num_classes,
@@ -109,7 +120,8 @@ def model_metadata(
         "palette": [list(c) for c in palette] if palette else None,
         "mean": list(config.mean),
         "std": list(config.std),
-        "input": "float32 (N, 3, H, W), RGB on [0, 1] normalised by mean/std",
+        "input": f"float32 (N, {config.in_channels}, H, W), {bands} on [0, 1] normalised by "
+        "mean/std",
         "output": "float32 (N, num_classes, H, W) logits",
     }
 
@@ -148,9 +160,10 @@ def export_onnx(
     import onnx
 
     path = Path(path)
-    model = model.eval().float()
+    model = inference_module(model)
+    channels = input_channels(model)
     sizes = CHECK_SIZES if size is None else (tuple(size), tuple(size))
-    example = torch.randn(2, 3, *sizes[0])  # batch 2: a batch of 1 would specialise
+    example = torch.randn(2, channels, *sizes[0])  # batch 2: a batch of 1 would specialise
     program = torch.onnx.export(
         model,
         (example,),
@@ -170,7 +183,7 @@ def export_onnx(
         network = OnnxNetwork(path)
         generator = torch.Generator().manual_seed(0)
         for batch, (height, width) in enumerate(sizes, start=1):
-            images = torch.randn(batch, 3, height, width, generator=generator)
+            images = torch.randn(batch, channels, height, width, generator=generator)
             with torch.no_grad():
                 agreement = compare_logits(network(images), model(images))
             require_agreement(agreement, tolerance, f"ONNX output at {height}×{width}")
@@ -183,15 +196,15 @@ def export_onnx(
 def export_program(model: nn.Module, path: str | Path) -> Path:
     """Save a ``torch.export`` program (``.pt2``) with dynamic batch, height and width."""
     path = Path(path)
-    model = model.eval().float()
-    example = torch.randn(2, 3, *CHECK_SIZES[0])  # batch 2: a batch of 1 would specialise
+    model = inference_module(model)
+    example = torch.randn(2, input_channels(model), *CHECK_SIZES[0])  # batch 2: 1 would specialise
     program = torch.export.export(model, (example,), dynamic_shapes=_DYNAMIC)
     _write_atomically(path, lambda tmp: torch.export.save(program, tmp))
     return path
 
 
 class OnnxNetwork:
-    """An ONNX Runtime session behaving like the network: (N, 3, H, W) tensor → logits tensor."""
+    """An ONNX Runtime session behaving like the network: (N, C, H, W) tensor → logits tensor."""
 
     def __init__(
         self, path: str | Path, providers: Sequence[str] | None = None, options: Any = None

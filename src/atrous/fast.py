@@ -48,6 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torchvision import tv_tensors
 
+from atrous.config import input_channels
 from atrous.data.transforms import normalisation
 from atrous.export import (
     RELATIVE_TOLERANCE,
@@ -65,8 +66,8 @@ Backend = Literal["auto", "torch", "compile", "onnxruntime"]
 
 #: Calibration images used by the CLI for int8 (the first ones given, or of the dataset).
 CALIBRATION_IMAGES = 8
-#: Input size of the agreement check when no example is given.
-DEFAULT_EXAMPLE = (1, 3, 129, 129)
+#: Input size (H, W) of the agreement check when no example is given.
+DEFAULT_EXAMPLE = (129, 129)
 
 
 class FastCheckError(ExportCheckError):
@@ -153,7 +154,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
     model = copy.deepcopy(model).eval()
     parameter = next(model.parameters())
     if example is None:
-        example = torch.randn(1, 3, 65, 65, device=parameter.device, dtype=parameter.dtype)
+        shape = (1, input_channels(model), 65, 65)
+        example = torch.randn(*shape, device=parameter.device, dtype=parameter.dtype)
     outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}
     pairs: list[tuple[nn.Module, nn.Module, int]] = []
     calls: Counter[nn.Module] = Counter()
@@ -294,13 +296,13 @@ def quantize_onnx(
 
 
 def _example_batch(
-    example: torch.Tensor | Sequence[int] | None, device: torch.device
+    example: torch.Tensor | Sequence[int] | None, device: torch.device, channels: int
 ) -> torch.Tensor:
     if isinstance(example, torch.Tensor):
-        if example.ndim != 4 or example.shape[1] != 3:
-            raise ValueError(f"example must be (N, 3, H, W), got {tuple(example.shape)}")
+        if example.ndim != 4 or example.shape[1] != channels:
+            raise ValueError(f"example must be (N, {channels}, H, W), got {tuple(example.shape)}")
         return example.detach().float().to(device)
-    shape = DEFAULT_EXAMPLE if example is None else (1, 3, *example)
+    shape = (1, channels, *(DEFAULT_EXAMPLE if example is None else example))
     generator = torch.Generator().manual_seed(0)
     return torch.randn(*shape, generator=generator).to(device)
 
@@ -339,7 +341,7 @@ def optimize_for_inference(
     _check_combination(precision, backend, device)
     if precision == "int8" and not calibration:
         raise ValueError("int8 needs calibration images: pass a few of your own as calibration=")
-    batch = _example_batch(example, device)
+    batch = _example_batch(example, device, input_channels(model))
     reference, folded = _reference_and_folded(model, batch)
     if backend == "onnxruntime":
         size = tuple(batch.shape[-2:]) if example is not None else None

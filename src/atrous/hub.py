@@ -76,6 +76,10 @@ class SavedModel(PyTorchModelHubMixin):
         """A randomly initialised model of ``config`` (the architecture's builder)."""
         raise NotImplementedError
 
+    def without_aux_head(self) -> SavedModel:
+        """The model without its training-only auxiliary head (the architecture's)."""
+        return self
+
     def save_pretrained(
         self,
         save_directory: str | Path,
@@ -83,6 +87,7 @@ class SavedModel(PyTorchModelHubMixin):
         class_names: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         training: TrainingSummary | None = None,
+        keep_aux_head: bool = False,
         **kwargs: Any,
     ) -> str | None:
         """Write ``model.safetensors``, ``config.json`` and a ``README.md`` model card.
@@ -90,9 +95,17 @@ class SavedModel(PyTorchModelHubMixin):
         ``config.json`` holds the configuration (at the current output stride), the class names,
         the palette, the input normalisation and the training summary. ``class_names``,
         ``palette`` and ``training`` given here are checked (one name and colour per class) and
-        kept on the model. Other keyword arguments are the Hub mixin's (``push_to_hub``,
-        ``repo_id``, ...). An existing ``README.md`` is replaced: the card describes these weights.
+        kept on the model. A saved model is for inference: the auxiliary head, a training aid, is
+        left out (``aux_head: false``, no ``aux_head.*`` tensors) unless ``keep_aux_head``, for a
+        starting point of fine-tuning with an auxiliary loss. Other keyword arguments are the Hub
+        mixin's (``push_to_hub``, ``repo_id``, ...). An existing ``README.md`` is replaced: the
+        card describes these weights.
         """
+        if keep_aux_head and kwargs.get("push_to_hub"):
+            raise ValueError(
+                "keep_aux_head writes a starting point for fine-tuning, not a model to publish: "
+                "push without it"
+            )
         if class_names is not None:
             self.class_names = check_class_names(class_names, self.num_classes)
         if palette is not None:
@@ -100,7 +113,8 @@ class SavedModel(PyTorchModelHubMixin):
         if training is not None:
             self.training_summary = training
         (Path(save_directory) / "README.md").unlink(missing_ok=True)
-        return super().save_pretrained(save_directory, **kwargs)
+        model = self if keep_aux_head else self.without_aux_head()
+        return PyTorchModelHubMixin.save_pretrained(model, save_directory, **kwargs)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The Hub's model card: YAML metadata (library, task, tags) and
@@ -240,7 +254,9 @@ def parse_saved_config(
     config = ModelConfig.from_dict(data["model"])
     for key, expected in (("mean", config.mean), ("std", config.std)):
         saved = data.get(key)
-        if saved is not None and not all(map(math.isclose, saved, expected)):
+        if saved is not None and (
+            len(saved) != len(expected) or not all(map(math.isclose, saved, expected))
+        ):
             raise ValueError(
                 f"{source}: {key} {saved} differs from the {config.backbone} backbone's {expected}"
             )

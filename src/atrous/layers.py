@@ -307,3 +307,23 @@ class ASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = [branch(x) for branch in self.convs]  # each (N, C, H, W)
         return self.project(torch.cat(branches, dim=1))
+
+
+class FCNHead(nn.Sequential):
+    """Auxiliary head for training: 3×3 conv to ``in_channels // 4`` → BN → ReLU → dropout →
+    1×1 conv to the classes (torchvision's ``FCNHead``; mmsegmentation's has 256 channels, the
+    same on ResNet's 1024-channel ``layer3``).
+
+    Its loss on the backbone's stride-16 stage, weighted 0.4, eases training of deep backbones
+    (PSPNet §3.3, "deep supervision"); inference never runs it.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        channels = in_channels // 4
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(channels, num_classes, 1),
+        )

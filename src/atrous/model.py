@@ -5,9 +5,16 @@
 
 Saving and loading (``save_pretrained``, ``from_pretrained``, the Hub) come from
 :class:`~atrous.hub.SavedModel`.
+
+Training calls :meth:`DeepLab.forward_train` (through :class:`TrainingForward` under
+DistributedDataParallel); with ``ModelConfig(aux_head=True)`` it also returns the logits of an FCN
+head on the backbone's stride-16 stage for an auxiliary loss. ``forward`` never runs that head;
+saved models and exports leave it out (:meth:`DeepLab.without_aux_head`).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -16,13 +23,22 @@ from atrous.backbones import Backbone, build_backbone
 from atrous.config import ModelConfig
 from atrous.decoder import Decoder
 from atrous.hub import SavedModel
-from atrous.layers import ASPP, check_output_stride, conv3x3_bn_relu, resize, use_tf_same_padding
+from atrous.layers import (
+    ASPP,
+    FCNHead,
+    check_output_stride,
+    conv3x3_bn_relu,
+    resize,
+    use_tf_same_padding,
+)
 
 
-def check_input(x: torch.Tensor) -> None:
-    """Raise a ValueError unless ``x`` is an (N, 3, H, W) batch."""
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an image batch of shape (N, 3, H, W), got {tuple(x.shape)}")
+def check_input(x: torch.Tensor, in_channels: int = 3) -> None:
+    """Raise a ValueError unless ``x`` is an (N, in_channels, H, W) batch."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected an image batch of shape (N, {in_channels}, H, W), got {tuple(x.shape)}"
+        )
 
 
 class DeepLab(
@@ -36,7 +52,8 @@ class DeepLab(
 
     Without a decoder this is DeepLabV3: the classifier runs on the ASPP output at stride OS.
     ``post_aspp`` (absent in the paper) holds the extra 3×3 convs that torchvision's and smp's
-    heads put after ASPP, so their models convert exactly.
+    heads put after ASPP, so their models convert exactly. ``aux_head`` (absent in the paper) is
+    an FCN head on the backbone's ``"aux"`` feature for an auxiliary training loss.
     """
 
     #: The configuration it was built from (set by :func:`build_model`).
@@ -50,6 +67,7 @@ class DeepLab(
         num_classes: int,
         post_aspp: nn.Module | None = None,
         align_corners: bool = True,
+        aux_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -60,6 +78,7 @@ class DeepLab(
         self.decoder = decoder
         head_channels = decoder.out_channels if decoder is not None else aspp.out_channels
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
+        self.aux_head = aux_head
         self.num_classes = num_classes
         self.align_corners = align_corners
 
@@ -83,15 +102,55 @@ class DeepLab(
         self.backbone.activation_checkpointing = enabled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised images → (N, num_classes, H, W) logits."""
-        check_input(x)
-        features = self.backbone(x)
+        """(N, C_in, H, W) normalised images → (N, num_classes, H, W) logits."""
+        check_input(x, self.backbone.in_channels)
+        return self._logits(self.backbone(x), x.shape[-2:])
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What training calls: ``{"out": logits}``, plus ``"aux"``: the auxiliary head's logits,
+        also (N, num_classes, H, W), when the model has one."""
+        check_input(x, self.backbone.in_channels)
+        features = self.backbone(x, aux=self.aux_head is not None)
+        outputs = {"out": self._logits(features, x.shape[-2:])}
+        if self.aux_head is not None:
+            aux = self.aux_head(features["aux"])  # (N, num_classes, H/s, W/s), s = 16 or 8
+            outputs["aux"] = resize(aux, x.shape[-2:], self.align_corners)
+        return outputs
+
+    def _logits(self, features: dict[str, torch.Tensor], size: torch.Size) -> torch.Tensor:
         out = self.aspp(features["high"])  # (N, 256, H/OS, W/OS)
         if self.post_aspp is not None:
             out = self.post_aspp(out)
         if self.decoder is not None:
             out = self.decoder(out, features["low"])  # (N, 256, H/4, W/4)
-        return resize(self.classifier(out), x.shape[-2:], self.align_corners)
+        return resize(self.classifier(out), size, self.align_corners)
+
+    def without_aux_head(self) -> DeepLab:
+        """This model for inference, without the auxiliary head: a shallow copy sharing every
+        other module (and so their parameters), with ``config.aux_head`` False; the model itself
+        when it has no auxiliary head. Saving and exporting use it."""
+        if self.aux_head is None:
+            return self
+        model = copy.copy(self)
+        model._modules = {k: v for k, v in self._modules.items() if k != "aux_head"}
+        model.aux_head = None
+        if self.config is not None:
+            model.config = self.config.replace(aux_head=False)
+        return model
+
+
+class TrainingForward(nn.Module):
+    """``model.forward_train`` as a module's ``forward``, so that DistributedDataParallel, which
+    synchronises gradients only for calls of its own forward, can wrap it:
+    ``DistributedDataParallel(TrainingForward(model))(x)`` returns ``{"out", "aux"}``. It holds
+    no parameters of its own (the model's state dict is unchanged)."""
+
+    def __init__(self, model: DeepLab) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.forward_train(x)
 
 
 class DeepLabV3(DeepLab):
@@ -104,8 +163,9 @@ class DeepLabV3(DeepLab):
         num_classes: int,
         post_aspp: nn.Module | None = None,
         align_corners: bool = True,
+        aux_head: nn.Module | None = None,
     ) -> None:
-        super().__init__(backbone, aspp, None, num_classes, post_aspp, align_corners)
+        super().__init__(backbone, aspp, None, num_classes, post_aspp, align_corners, aux_head)
 
 
 class DeepLabV3Plus(DeepLab):
@@ -119,8 +179,9 @@ class DeepLabV3Plus(DeepLab):
         num_classes: int,
         post_aspp: nn.Module | None = None,
         align_corners: bool = True,
+        aux_head: nn.Module | None = None,
     ) -> None:
-        super().__init__(backbone, aspp, decoder, num_classes, post_aspp, align_corners)
+        super().__init__(backbone, aspp, decoder, num_classes, post_aspp, align_corners, aux_head)
 
 
 def _backbone(config: ModelConfig) -> Backbone:
@@ -130,6 +191,7 @@ def _backbone(config: ModelConfig) -> Backbone:
         multi_grid=config.multi_grid,
         width_multiplier=config.width_multiplier,
         dilate_removed_stride_units=config.dilate_removed_stride_units,
+        in_channels=config.in_channels,
     )
     if config.tf_padding:
         use_tf_same_padding(backbone)
@@ -189,12 +251,17 @@ def build_model(config: ModelConfig) -> DeepLab:
     backbone = _backbone(config)
     aspp = _aspp(config, backbone.out_channels["high"])
     post_aspp = _post_aspp(config)
+    aux_head = None
+    if config.aux_head:
+        aux_head = FCNHead(backbone.out_channels["aux"], config.num_classes)
     if config.decoder:
         decoder = _decoder(config, backbone.out_channels["low"])
         model: DeepLab = DeepLabV3Plus(
-            backbone, aspp, decoder, config.num_classes, post_aspp, config.align_corners
+            backbone, aspp, decoder, config.num_classes, post_aspp, config.align_corners, aux_head
         )
     else:
-        model = DeepLabV3(backbone, aspp, config.num_classes, post_aspp, config.align_corners)
+        model = DeepLabV3(
+            backbone, aspp, config.num_classes, post_aspp, config.align_corners, aux_head
+        )
     model.config = config
     return model

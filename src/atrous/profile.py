@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from atrous.config import input_channels
+
 
 @dataclass
 class GroupCount:
@@ -88,6 +90,7 @@ def _group_of(name: str) -> str:
 def profile_model(model: nn.Module, input_size: Sequence[int] = (513, 513)) -> ModelProfile:
     """Count parameters and Mult-Adds of ``model`` for one (H, W) image, per top-level group."""
     height, width = input_size
+    image = torch.empty(1, input_channels(model), height, width, device="meta")
     groups = {
         name: GroupCount(params=sum(p.numel() for p in child.parameters()))
         for name, child in model.named_children()
@@ -115,7 +118,7 @@ def profile_model(model: nn.Module, input_size: Sequence[int] = (513, 513)) -> M
     model.eval()
     try:
         with torch.no_grad():
-            functional_call(model, meta_state, (torch.empty(1, 3, height, width, device="meta"),))
+            functional_call(model, meta_state, (image,))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -128,11 +131,11 @@ def profile_model(model: nn.Module, input_size: Sequence[int] = (513, 513)) -> M
 def measure_latency(
     model: nn.Module, input_size: Sequence[int], device: torch.device, runs: int = 5
 ) -> float:
-    """Median milliseconds of one eval-mode forward pass on a random (1, 3, H, W) image, after a
+    """Median milliseconds of one eval-mode forward pass on a random (1, C, H, W) image, after a
     warm-up pass (for model cards; the benchmarks in ``benchmarks/`` measure properly)."""
     was_training = model.training
     model.eval()
-    image = torch.randn(1, 3, *input_size, device=device)
+    image = torch.randn(1, input_channels(model), *input_size, device=device)
     times = []
     try:
         for _ in range(runs + 1):

@@ -77,6 +77,8 @@ def create_model(
     separable_depthwise_bn: bool | None = None,
     align_corners: bool | None = None,
     dilate_removed_stride_units: bool | None = None,
+    in_channels: int | None = None,
+    aux_head: bool | None = None,
     backbone_weights: BackboneWeights | None = None,
 ) -> DeepLab:
     """Build the named configuration, with any field overridden.
@@ -85,7 +87,9 @@ def create_model(
     for each field's meaning). Example: ``create_model("deeplabv3plus_xception65", num_classes=19,
     output_stride=8)``. ``backbone_weights`` starts the backbone from ImageNet weights (torchvision
     names such as ``"IMAGENET1K_V2"`` for ResNets and MobileNetV2, timm tags such as
-    ``"tf_in1k"`` for Xception, or a local file); see :func:`load_backbone_weights`.
+    ``"tf_in1k"`` for Xception, or a local file); see :func:`load_backbone_weights`. With
+    ``in_channels`` other than 3 (e.g. 4 for RGB + NIR), those RGB weights adapt to the bands by
+    :func:`~atrous.backbones.weights.rgb_to_bands`.
     """
     overrides = {
         "num_classes": num_classes,
@@ -103,6 +107,8 @@ def create_model(
         "separable_depthwise_bn": separable_depthwise_bn,
         "align_corners": align_corners,
         "dilate_removed_stride_units": dilate_removed_stride_units,
+        "in_channels": in_channels,
+        "aux_head": aux_head,
     }
     config = get_config(name).replace(**{k: v for k, v in overrides.items() if v is not None})
     model = build_model(config)

@@ -1,4 +1,5 @@
-"""Backbones behind one contract: ``forward`` returns ``{"low", "high"}`` features (``base``)."""
+"""Backbones behind one contract: ``forward`` returns ``{"low", "high"}`` features, and ``"aux"``
+when asked (``base``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ SYMMETRIC_STD = (0.5, 0.5, 0.5)
 class BackboneSpec:
     """How to build a backbone and how its input is normalised (on [0, 1] RGB).
 
-    ``build(output_stride, multi_grid, width_multiplier)``; :func:`build_backbone` checks that
-    the options apply before calling it.
+    ``build(output_stride, multi_grid, width_multiplier, in_channels)``; :func:`build_backbone`
+    checks that the options apply before calling it.
     """
 
     build: Callable[..., Backbone]
@@ -33,21 +34,27 @@ class BackboneSpec:
 
 
 def _resnet(depth: int, layout: str) -> Callable[..., Backbone]:
-    def build(output_stride: int, multi_grid: Sequence[int] | None, width: float) -> Backbone:
-        return ResNet(depth, layout, multi_grid, output_stride)
+    def build(
+        output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+    ) -> Backbone:
+        return ResNet(depth, layout, multi_grid, output_stride, in_channels)
 
     return build
 
 
 def _xception(variant: str) -> Callable[..., Backbone]:
-    def build(output_stride: int, multi_grid: Sequence[int] | None, width: float) -> Backbone:
-        return Xception(variant, multi_grid, output_stride)
+    def build(
+        output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+    ) -> Backbone:
+        return Xception(variant, multi_grid, output_stride, in_channels)
 
     return build
 
 
-def _mobilenetv2(output_stride: int, multi_grid: Sequence[int] | None, width: float) -> Backbone:
-    return MobileNetV2(width, output_stride)
+def _mobilenetv2(
+    output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+) -> Backbone:
+    return MobileNetV2(width, output_stride, in_channels)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -71,8 +78,10 @@ def build_backbone(
     multi_grid: Sequence[int] | None = None,
     width_multiplier: float = 1.0,
     dilate_removed_stride_units: bool = False,
+    in_channels: int = 3,
 ) -> Backbone:
-    """Build a backbone by name, checking that the options apply to it."""
+    """Build a backbone by name, checking that the options apply to it; ``in_channels`` is the
+    number of input bands its first conv reads (3: RGB)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}")
     spec = BACKBONES[name]
@@ -82,7 +91,9 @@ def build_backbone(
         raise ValueError(
             f"backbone {name!r} has no width_multiplier option (got {width_multiplier})"
         )
-    backbone = spec.build(output_stride, multi_grid, width_multiplier)
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    backbone = spec.build(output_stride, multi_grid, width_multiplier, in_channels)
     if dilate_removed_stride_units:
         backbone.dilate_removed_stride_units = True
         backbone.set_output_stride(output_stride)

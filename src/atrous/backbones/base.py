@@ -1,9 +1,14 @@
 """The backbone contract and the one output-stride routine every backbone uses (paper §3.1).
 
 A backbone returns ``{"low": stride-4 features, "high": stride-OS features}`` and declares their
-channels in ``out_channels``. Atrous convolution lets the same weights run at OS 8, 16 or 32: the
-backbone lists its units in order, and :func:`apply_output_stride` walks them the way the official
-``stack_blocks_dense`` does. Once the running stride reaches the target, each later unit runs at
+channels in ``out_channels``. Asked with ``aux=True``, it also returns ``"aux"``: the output of its
+stride-16 stage (ResNet ``layer3``, the end of Xception's middle flow, MobileNetV2's last 96-channel
+unit), where an auxiliary FCN head attaches in training (PSPNet §3.3; torchvision, mmsegmentation).
+At OS8 that stage is dilated and runs at stride 8; it is still the stage tapped.
+
+Atrous convolution lets the same weights run at OS 8, 16 or 32: the backbone lists its units in
+order, and :func:`apply_output_stride` walks them the way the official ``stack_blocks_dense``
+does. Once the running stride reaches the target, each later unit runs at
 stride 1 and the dilation grows by the stride it skipped. segmentation_models_pytorch gives the
 unit that loses its stride the grown dilation already; ``dilate_removed_stride_units`` reproduces
 that for converted weights.
@@ -96,12 +101,14 @@ def bn_statistics_kept(module: nn.Module) -> Iterator[None]:
 
 
 class Backbone(nn.Module, abc.ABC):
-    """Feature extractor returning ``{"low": stride 4, "high": stride OS}``."""
+    """Feature extractor returning ``{"low": stride 4, "high": stride OS}`` (and ``"aux"``)."""
 
-    #: Channels of each returned feature, e.g. ``{"low": 256, "high": 2048}``.
+    #: Channels of each feature, e.g. ``{"low": 256, "high": 2048, "aux": 1024}``.
     out_channels: dict[str, int]
     #: Stride of the stem, before the first unit of :meth:`strided_units`.
     stem_stride: int
+    #: Dotted name of the conv that reads the image (its weight follows ``in_channels``).
+    input_conv: str
     #: Units that lose their stride run at the grown rate (see :func:`apply_output_stride`).
     dilate_removed_stride_units: bool = False
     #: Training keeps only each unit's input and recomputes the rest during backward.
@@ -112,9 +119,19 @@ class Backbone(nn.Module, abc.ABC):
         self.output_stride = 32
 
     @property
+    def in_channels(self) -> int:
+        """Channels of the input images (3: RGB)."""
+        return self.get_submodule(self.input_conv).in_channels
+
+    @property
     def strides(self) -> dict[str, int]:
-        """Stride of each returned feature with respect to the input."""
-        return {"low": 4, "high": self.output_stride}
+        """Stride of each feature with respect to the input."""
+        return {"low": 4, "high": self.output_stride, "aux": self.aux_stride}
+
+    @property
+    def aux_stride(self) -> int:
+        """Stride of the ``"aux"`` feature: 16, or the output stride when that is smaller."""
+        return min(16, self.output_stride)
 
     @abc.abstractmethod
     def strided_units(self) -> list[StridedUnit]:
@@ -142,5 +159,6 @@ class Backbone(nn.Module, abc.ABC):
         )
 
     @abc.abstractmethod
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return ``{"low": (N, C_low, H/4, W/4), "high": (N, C_high, H/OS, W/OS)}``."""
+    def forward(self, x: torch.Tensor, aux: bool = False) -> dict[str, torch.Tensor]:
+        """Return ``{"low": (N, C_low, H/4, W/4), "high": (N, C_high, H/OS, W/OS)}``, and with
+        ``aux`` also ``"aux": (N, C_aux, H/s, W/s)`` at ``s = strides["aux"]``."""

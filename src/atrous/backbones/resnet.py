@@ -13,6 +13,11 @@ subsample), multi-grid (1, 2, 4) in the last block, and the low-level feature ta
 
 ``layout="v1c"`` is mmsegmentation's ``ResNetV1c``: torchvision's stride placement and low-level
 feature behind a deep stem of three 3×3 convs (32/2, 32, 64), for its DeepLabV3+ checkpoints.
+
+The ``aux`` feature is ``layer3``'s output (1024 channels), where torchvision's and
+mmsegmentation's auxiliary FCN heads attach. In the torchvision and v1c layouts it is at stride 16
+(8 at OS8); in the beta layout ``layer3``'s last unit carries the stride, so it is at the output
+stride.
 """
 
 from __future__ import annotations
@@ -77,11 +82,11 @@ class Bottleneck(nn.Module):
         return StridedUnit(self.stride, strided, [(self.conv2, multi_grid)])
 
 
-def _deep_stem(channels: tuple[int, int, int]) -> nn.Sequential:
+def _deep_stem(channels: tuple[int, int, int], in_channels: int) -> nn.Sequential:
     """Three 3×3 convs (the first strided) without the last BN/ReLU (those are ``bn1``/``relu``)."""
     first, second, third = channels
     return nn.Sequential(
-        nn.Conv2d(3, first, 3, stride=2, padding=1, bias=False),
+        nn.Conv2d(in_channels, first, 3, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(first),
         nn.ReLU(inplace=True),
         nn.Conv2d(first, second, 3, padding=1, bias=False),
@@ -102,6 +107,7 @@ class ResNet(Backbone):
         layout: ResNetLayout = "torchvision",
         multi_grid: Sequence[int] | None = None,
         output_stride: int = 16,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if depth not in DEPTHS:
@@ -122,24 +128,25 @@ class ResNet(Backbone):
         self.multi_grid = tuple(multi_grid)
         stem_channels = DEEP_STEMS[layout][-1] if layout in DEEP_STEMS else 64
         self.conv1 = (
-            _deep_stem(DEEP_STEMS[layout])
+            _deep_stem(DEEP_STEMS[layout], in_channels)
             if layout in DEEP_STEMS
-            else nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+            else nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         )
+        self.input_conv = "conv1.0" if layout in DEEP_STEMS else "conv1"
         self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_channels = stem_channels
+        channels = stem_channels
         for index, (num_units, width) in enumerate(
             zip(units, (64, 128, 256, 512), strict=True), start=1
         ):
             stage_stride = 1 if index == 4 else 2
             if layout != "beta":
                 stage_stride = 1 if index == 1 else 2
-            stage = self._make_stage(in_channels, width, num_units, stage_stride)
+            stage = self._make_stage(channels, width, num_units, stage_stride)
             setattr(self, f"layer{index}", stage)
-            in_channels = width * Bottleneck.expansion
-        self.out_channels = {"low": 256, "high": in_channels}
+            channels = width * Bottleneck.expansion
+        self.out_channels = {"low": 256, "high": channels, "aux": 256 * Bottleneck.expansion}
         self.set_output_stride(output_stride)
         _init_weights(self)
 
@@ -174,7 +181,11 @@ class ResNet(Backbone):
         ]
         return units
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def aux_stride(self) -> int:
+        return self.output_stride if self.layout == "beta" else min(16, self.output_stride)
+
+    def forward(self, x: torch.Tensor, aux: bool = False) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64|128, H/4, W/4)
         if self.layout == "beta":
             # Official low-level endpoint: block1/unit_2/conv3 after BN, before the add.
@@ -187,9 +198,12 @@ class ResNet(Backbone):
             for unit in self.layer1:
                 x = self.run_unit(unit, unit, x)
             low = x  # (N, 256, H/4, W/4)
-        for unit in (*self.layer2, *self.layer3, *self.layer4):
+        for unit in (*self.layer2, *self.layer3):
+            x = self.run_unit(unit, unit, x)  # ends (N, 1024, H/16, W/16) at OS ≥ 16
+        features = {"low": low, "aux": x} if aux else {"low": low}
+        for unit in self.layer4:
             x = self.run_unit(unit, unit, x)  # ends (N, 2048, H/OS, W/OS)
-        return {"low": low, "high": x}
+        return {**features, "high": x}
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -9,6 +9,9 @@ Named weights go through each library's own code: torchvision's ``WeightsEnum.ge
 ``weights_only=True``) and timm's ``create_model(pretrained=True)`` (the Hugging Face cache).
 Offline, a file already in those caches is used as it is. Classification heads are dropped, timm's
 Xception names are mapped to ours (one to one), and every backbone tensor must then load.
+
+A backbone reading other than 3 bands (``in_channels``: RGB + NIR, multispectral) takes RGB
+weights through :func:`adapt_input_conv`, the rule segmentation_models_pytorch uses.
 """
 
 from __future__ import annotations
@@ -67,11 +70,42 @@ def load_backbone_weights(backbone: Backbone, name: str, weights: BackboneWeight
     ``"ResNet101_Weights.IMAGENET1K_V2"``) for ``resnet50``/``resnet101``/``mobilenetv2``; a timm
     pretrained tag (``"tf_in1k"``, ``"DEFAULT"``) for the Xceptions (41, 65, 71); a local
     ``.safetensors`` file, or ``.pth``/``.pt``/``.bin`` read with ``weights_only=True``; or a state
-    dict. Files and state dicts may be in the source library's names or ours. Every backbone
-    tensor must load: anything else is a ValueError listing the first mismatches.
+    dict. Files and state dicts may be in the source library's names or ours. RGB weights for a
+    backbone of other ``in_channels`` adapt by :func:`rgb_to_bands`. Every backbone tensor must
+    load: anything else is a ValueError listing the first mismatches.
     """
-    state = backbone_state_dict(name, weights, backbone)
+    state = adapt_input_conv(backbone_state_dict(name, weights, backbone), backbone)
     load_weights(backbone, state, strict=True, source=f"{name} backbone weights")
+
+
+def adapt_input_conv(
+    state: Mapping[str, torch.Tensor], backbone: Backbone
+) -> dict[str, torch.Tensor]:
+    """``state`` with its RGB first-conv weight adapted to ``backbone.in_channels`` bands by
+    :func:`rgb_to_bands`; unchanged when the weight already fits (or has not 3 input channels,
+    which the strict load then reports)."""
+    key = f"{backbone.input_conv}.weight"
+    state = dict(state)
+    weight = state.get(key)
+    if weight is not None and weight.shape[1] == 3 and backbone.in_channels != 3:
+        state[key] = rgb_to_bands(weight, backbone.in_channels)
+    return state
+
+
+def rgb_to_bands(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB conv weight (out, 3, kh, kw) → (out, in_channels, kh, kw), the rule of
+    segmentation_models_pytorch's ``patch_first_conv``.
+
+    One band takes the sum of the RGB filters: a grey image (R = G = B) gives the RGB response.
+    Otherwise band ``i`` takes filter ``i % 3`` (R, G, B, R, G, ...) and every filter is scaled by
+    ``3 / in_channels``, so the response keeps its scale: an input repeating R, G, B (6, 9, ...
+    bands) gives the RGB response exactly. To match, band ``i`` is normalised by default with
+    RGB statistic ``i % 3`` (:attr:`atrous.config.ModelConfig.mean`).
+    """
+    if in_channels == 1:
+        return weight.sum(1, keepdim=True)
+    bands = torch.arange(in_channels) % weight.shape[1]
+    return weight[:, bands] * (weight.shape[1] / in_channels)
 
 
 def backbone_state_dict(

@@ -9,6 +9,9 @@ puts the ReLUs inside (depthwise → BN → ReLU → pointwise → BN → ReLU).
 Module order and parameter shapes follow timm's ``xception41``/``xception65``/``xception71`` (ports
 of the official ImageNet checkpoints) one to one, so their weights can be mapped in. The variants
 differ in the entry flow (X-71: five blocks) and the middle flow's length (X-41: 8 units, else 16).
+
+The ``aux`` feature is the middle flow's output (728 channels, stride 16; 8 at OS8), the last
+stage before the exit flow's stride-32 unit, as ResNet's ``layer3`` is.
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ class Xception(Backbone):
         variant: str = "xception65",
         multi_grid: Sequence[int] | None = None,
         output_stride: int = 16,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -139,9 +143,12 @@ class Xception(Backbone):
                 f"got {multi_grid}"
             )
         self.stem = nn.Sequential(
-            ConvBNReLU(3, 32, 3, stride=2, bn_eps=BN_EPS), ConvBNReLU(32, 64, 3, bn_eps=BN_EPS)
+            ConvBNReLU(in_channels, 32, 3, stride=2, bn_eps=BN_EPS),
+            ConvBNReLU(32, 64, 3, bn_eps=BN_EPS),
         )
+        self.input_conv = "stem.0.0"
         last = len(specs) - 1
+        self.aux_index = last - 2  # the last middle-flow unit
         self.blocks = nn.Sequential(
             *[
                 XceptionUnit(spec, multi_grid if i == last else (1, 1, 1))
@@ -151,6 +158,7 @@ class Xception(Backbone):
         self.out_channels = {
             "low": specs[self.tap_index].channels[1],
             "high": specs[-1].channels[-1],
+            "aux": specs[self.aux_index].channels[-1],
         }
         self.set_output_stride(output_stride)
         for m in self.modules():
@@ -160,12 +168,14 @@ class Xception(Backbone):
     def strided_units(self) -> list[StridedUnit]:
         return [block.strided_unit() for block in self.blocks]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, aux: bool = False) -> dict[str, torch.Tensor]:
         x = self.stem(x)  # (N, 64, H/2, W/2)
-        low = x
+        features = {}
         for i, block in enumerate(self.blocks):
             if i == self.tap_index:
-                x, low = self.run_unit(block.forward_with_tap, block, x)  # low: (N, 256, H/4, W/4)
+                x, features["low"] = self.run_unit(block.forward_with_tap, block, x)
             else:
                 x = self.run_unit(block, block, x)
-        return {"low": low, "high": x}  # high: (N, 2048, H/OS, W/OS)
+            if aux and i == self.aux_index:
+                features["aux"] = x  # (N, 728, H/16, W/16) at OS ≥ 16
+        return {**features, "high": x}  # low: (N, 256, H/4, W/4), high: (N, 2048, H/OS, W/OS)
