@@ -53,7 +53,7 @@ from atrous.distributed import DistributedEnv, init_distributed, shutdown_distri
 from atrous.evaluate import evaluate_dataset
 from atrous.losses import SegmentationLoss, build_loss
 from atrous.metrics import SegmentationScores
-from atrous.model import DeepLab
+from atrous.model import DeepLab, TrainingForward
 from atrous.pipeline import PipelineConfig
 from atrous.plots import plot_curves
 from atrous.precision import autocast
@@ -149,18 +149,6 @@ def freeze_bn_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-class TrainingForward(nn.Module):
-    """The model as training runs it: ``forward_train`` (main and auxiliary logits) behind
-    ``forward``, so that DistributedDataParallel sees the call it synchronises."""
-
-    def __init__(self, model: DeepLab) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.forward_train(images)
-
-
 class RunLog:
     """Rank-0 logging: a JSONL file of metrics and TensorBoard scalars."""
 
@@ -203,7 +191,20 @@ def with_dataset_classes(config: TrainConfig, num_classes: int) -> TrainConfig:
             f"classes; set --model.num_classes {num_classes} (or leave it unset to take the "
             "dataset's)"
         )
-    return dataclasses.replace(config, model=model.replace(num_classes=num_classes, task=task))
+    bands = config.data.in_channels
+    if model.in_channels not in (3, bands):
+        raise ValueError(
+            f"model.in_channels is {model.in_channels} but data.in_channels is {bands}; the "
+            f"bands are set on the data (--data.in_channels {model.in_channels})"
+        )
+    changes = {"num_classes": num_classes, "task": task, "in_channels": bands}
+    if (
+        bands != model.in_channels
+        and model.input_mean is not None
+        and len(model.input_mean) != bands
+    ):
+        raise ValueError(f"model.input_mean/input_std need {bands} values (data.in_channels)")
+    return dataclasses.replace(config, model=model.replace(**changes))
 
 
 def training_loss(
@@ -258,6 +259,16 @@ def check_labels(dataset: SegmentationDataset, is_main: bool) -> None:
             warnings.warn(problem.message, stacklevel=3)
 
 
+def _starting_state(model: DeepLab, start: DeepLab) -> dict[str, torch.Tensor]:
+    """``start``'s weights for ``model``: an auxiliary head the saved model lacks (saved models
+    leave it out) starts from ``model``'s own initialisation; one ``model`` lacks is dropped."""
+    own_aux = {k: v for k, v in model.state_dict().items() if k.startswith("aux_head.")}
+    state = {
+        k: v for k, v in start.state_dict().items() if own_aux or not k.startswith("aux_head.")
+    }
+    return {**own_aux, **state}
+
+
 def prepare_model(
     config: TrainConfig, env: DistributedEnv, resuming: bool
 ) -> tuple[DeepLab, nn.Module]:
@@ -274,7 +285,7 @@ def prepare_model(
     if config.run.init_from is not None and not resuming:
         # A classifier for another number of classes is re-initialised (with a warning).
         start = load_model(config.run.init_from, num_classes=config.model.num_classes, strict=False)
-        load_weights(model, start.state_dict(), source=config.run.init_from)
+        load_weights(model, _starting_state(model, start), source=config.run.init_from)
     model.set_activation_checkpointing(config.run.activation_checkpointing)
     if env.sync_bn and config.run.bn_mode == "train":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
