@@ -20,7 +20,7 @@ from atrous.demo import demo_config
 from atrous.distributed import DistributedEnv
 from atrous.evaluate import evaluate_dataset
 from atrous.published import load_model
-from atrous.train import _prepare_model, poly_schedule, train
+from atrous.train import poly_schedule, prepare_model, train
 from atrous.train_config import OptimConfig, TrainConfig
 from atrous.zoo import build_model, get_config
 
@@ -229,7 +229,7 @@ def test_training_starts_from_backbone_weights_and_saved_models(tiny_run, tmp_pa
     backbone_file = tmp_path / "backbone.safetensors"
     save_file(saved.backbone.state_dict(), backbone_file)
     config = tiny_config(tmp_path, backbone_weights=str(backbone_file))
-    model, _ = _prepare_model(config, env, resuming=False)
+    model, _ = prepare_model(config, env, resuming=False)
     for key, value in saved.backbone.state_dict().items():
         torch.testing.assert_close(model.backbone.state_dict()[key], value, rtol=0, atol=0)
     assert not torch.equal(model.classifier.weight, saved.classifier.weight)
@@ -237,12 +237,12 @@ def test_training_starts_from_backbone_weights_and_saved_models(tiny_run, tmp_pa
     config = tiny_config(tmp_path, init_from=str(tiny_run / "model"))
     config = dataclasses.replace(config, model=config.model.replace(num_classes=4))
     with pytest.warns(UserWarning, match="classifier"):
-        model, _ = _prepare_model(config, env, resuming=False)
+        model, _ = prepare_model(config, env, resuming=False)
     torch.testing.assert_close(model.aspp.state_dict(), saved.aspp.state_dict(), rtol=0, atol=0)
     assert model.classifier.weight.shape[0] == 4
     # A resumed run takes its weights from last.pt: the starting weights are not read again.
     missing = tiny_config(tmp_path, init_from=str(tmp_path / "gone"), backbone_weights="gone")
-    model, _ = _prepare_model(missing, env, resuming=True)
+    model, _ = prepare_model(missing, env, resuming=True)
     assert not torch.equal(
         model.aspp.state_dict()["project.0.weight"], saved.aspp.state_dict()["project.0.weight"]
     )

@@ -198,12 +198,6 @@ def with_dataset_classes(config: TrainConfig, num_classes: int) -> TrainConfig:
             f"bands are set on the data (--data.in_channels {model.in_channels})"
         )
     changes = {"num_classes": num_classes, "task": task, "in_channels": bands}
-    if (
-        bands != model.in_channels
-        and model.input_mean is not None
-        and len(model.input_mean) != bands
-    ):
-        raise ValueError(f"model.input_mean/input_std need {bands} values (data.in_channels)")
     return dataclasses.replace(config, model=model.replace(**changes))
 
 
