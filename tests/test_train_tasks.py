@@ -177,11 +177,16 @@ def test_overfit_batch_fails_loudly_when_the_loss_stays_high(tmp_path, capsys):
 
 def test_compiled_training_follows_the_eager_loss_trajectory(tmp_path, monkeypatch):
     """torch.compile of the training forward/backward (dynamo + AOTAutograd). The CPU test uses
-    the aot_eager backend: inductor's C++ code generation takes minutes per graph on 2 cores."""
+    the aot_eager backend: inductor's C++ code generation takes minutes per graph on 2 cores
+    (benchmarks/gpu_check.py runs inductor)."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
 
     def losses(name: str, compiled: bool) -> list[float]:
-        config = tiny_config(tmp_path / name, iterations=6, val_every=0, compile=compiled)
+        # Frozen BN: batch statistics of 4 images over 1×1 image-pooling maps would magnify
+        # float rounding differences between the graphs into percent-level loss differences.
+        config = tiny_config(
+            tmp_path / name, iterations=6, val_every=0, compile=compiled, bn_mode="frozen"
+        )
         model = config.model.replace(aspp_dropout=0.0)
         # SGD: Adam's normalised steps would magnify float noise in near-zero gradients.
         optim = dataclasses.replace(config.optim, optimizer="sgd", lr=0.02)
@@ -191,7 +196,7 @@ def test_compiled_training_follows_the_eager_loss_trajectory(tmp_path, monkeypat
 
     eager, compiled = losses("eager", False), losses("compiled", True)
     assert len(eager) == 6
-    np.testing.assert_allclose(compiled, eager, rtol=2e-3)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4)
 
 
 def test_the_reference_config_lists_every_option_at_its_default():
