@@ -49,7 +49,7 @@ def write_images(folder: Path, count: int, size: int) -> list[np.ndarray]:
     for index in range(count):
         image = render_scene(11, index, size)[0]
         Image.fromarray(image).save(folder / f"scene_{index:04d}.jpg", quality=90)
-        pictures.append(np.asarray(Image.open(folder / f"scene_{index:04d}.jpg").convert("RGB")))
+        pictures.append(np.array(Image.open(folder / f"scene_{index:04d}.jpg").convert("RGB")))
     return pictures
 
 

@@ -139,6 +139,8 @@ def test_four_band_tiffs_train_and_the_aux_head_stays_out_of_the_saved_model(tmp
     model = load_model(result.output_dir / "model")
     assert model.config.in_channels == 4 and len(model.config.mean) == 4
     assert model.aux_head is None and not model.config.aux_head
+    with pytest.raises(ValueError, match="reads 4 image bands"):
+        predict_files(load_segmenter(result.output_dir / "model"), [root], tmp_path / "out")
     checkpoint = torch.load(result.output_dir / "last.pt", weights_only=True)
     assert any(k.startswith("aux_head.") for k in checkpoint["model"])
 

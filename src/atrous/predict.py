@@ -261,6 +261,11 @@ def predict_files(
     image at a time. A file that cannot be read is reported in the result and the others are
     still processed.
     """
+    if len(segmenter.mean) != 3:
+        raise ValueError(
+            f"this model reads {len(segmenter.mean)} image bands; atrous predict reads RGB files. "
+            "Score it on a folder dataset of multi-band TIFFs with atrous eval (--data.in_channels)"
+        )
     files = expand_inputs(inputs)
     output_dir = Path(output_dir)
     for name, wanted in {"masks": True, "overlays": overlays, "figures": figures}.items():
