@@ -32,7 +32,7 @@ from atrous.preemption import ignore_stop_signals
 class PipelineConfig:
     """How many images run per forward pass and how many processes and threads feed it."""
 
-    batch_size: int = 4  # images of one size per forward pass (others run in smaller batches)
+    batch_size: int = 1  # images of one size per forward pass; on a GPU 4–16 (a CPU: 1 is fastest)
     workers: int = 2  # processes decoding and normalising images (0: in the main process)
     writers: int = 2  # threads encoding and writing the PNGs
     max_pending: int = 16  # images waiting for a batch partner, and results waiting to be written
