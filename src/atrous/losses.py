@@ -177,24 +177,16 @@ def cross_entropy(
     """Softmax cross-entropy of (N, K, H, W) ``logits`` against (N, H, W) ``target``: the sum
     of class-weighted pixel losses over the labelled pixel count, or with a ``share`` (see
     :func:`mining_share`) the :func:`top_k_mean` of the pixel losses."""
-    if share is None:
-        total = F.cross_entropy(
-            logits.float(),
-            target,
-            weight=weights,
-            ignore_index=ignore_index,
-            reduction="sum",
-            label_smoothing=label_smoothing,
-        )
-        return total / (target != ignore_index).sum().clamp(min=1)
-    losses = F.cross_entropy(  # (N, H, W), 0 where ignored
+    losses = F.cross_entropy(  # a sum, or (N, H, W) pixel losses (0 where ignored) to mine
         logits.float(),
         target,
         weight=weights,
         ignore_index=ignore_index,
-        reduction="none",
+        reduction="sum" if share is None else "none",
         label_smoothing=label_smoothing,
     )
+    if share is None:
+        return losses / (target != ignore_index).sum().clamp(min=1)
     return top_k_mean(losses, share)
 
 

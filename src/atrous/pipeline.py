@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 
 from atrous.data.io import DataError, read_image
-from atrous.data.transforms import normalisation
+from atrous.fast import normalise_images
 from atrous.preemption import ignore_stop_signals
 
 
@@ -66,7 +65,7 @@ class ImageFiles(Dataset):
 
     def __init__(self, files: Sequence[Path], mean: Sequence[float], std: Sequence[float]) -> None:
         self.files = list(files)
-        self.transform = normalisation(mean, std)
+        self.mean, self.std = mean, std
 
     def __len__(self) -> int:
         return len(self.files)
@@ -76,8 +75,7 @@ class ImageFiles(Dataset):
             image = read_image(self.files[index])
         except DataError as error:
             return Decoded(index, None, None, str(error))
-        pixels = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
-        return Decoded(index, image, self.transform(pixels).as_subclass(torch.Tensor))
+        return Decoded(index, image, normalise_images([image], self.mean, self.std)[0][0])
 
 
 def _unbatched(item: Any) -> Any:
