@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
+        if device.index is None:  # "cuda" means the current device; set_device needs its index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)  # the memory statistics are the current device's
         torch.backends.cudnn.benchmark = True  # fixed sizes: let cuDNN pick each conv's algorithm
     network = NETWORKS[args.model]
