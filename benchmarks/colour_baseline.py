@@ -5,7 +5,7 @@ A gradient-boosted tree ensemble (scikit-learn's ``HistGradientBoostingClassifie
 pixel's RGB, HSV and CIELAB values (one colour, three coordinate systems, so the trees can cut
 hue and lightness directly), fitted on a random share of the labelled pixels of the first
 training scenes, scored on the 200 validation scenes as ``atrous demo`` scores its model
-(``atrous.metrics``, 6 classes).
+(``atrous.evaluation.metrics``, 6 classes).
 
     python benchmarks/colour_baseline.py            # writes benchmarks/results/colour_baseline.json
     python benchmarks/colour_baseline.py --train_scenes 200 --pixel_share 0.15 --spaces rgb hsv
@@ -24,9 +24,9 @@ import torch
 from skimage.color import rgb2hsv, rgb2lab
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from atrous.apps.demo import demo_config
 from atrous.data import SegmentationDataset, build_dataset
-from atrous.demo import demo_config
-from atrous.metrics import ConfusionMatrix
+from atrous.evaluation.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parent
 COLOUR_SPACES = {"rgb": lambda x: x, "hsv": rgb2hsv, "lab": rgb2lab}

@@ -49,13 +49,13 @@ import torch
 from torch import nn
 
 import atrous
-from atrous.convert import from_smp
-from atrous.export import compare_logits
-from atrous.losses import LossConfig, build_loss
-from atrous.precision import autocast
-from atrous.profile import describe_device
-from atrous.train import build_optimizer
-from atrous.train_config import OptimConfig
+from atrous.convert.torch_models import from_smp
+from atrous.export.onnx import compare_logits
+from atrous.models.profile import describe_device
+from atrous.runtime.precision import autocast
+from atrous.training.config import OptimConfig
+from atrous.training.loop import build_optimizer
+from atrous.training.losses import LossConfig, build_loss
 
 IGNORE_INDEX = 255
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -173,7 +173,7 @@ def training_step(
     precision: str,
     device: torch.device,
 ) -> tuple[Callable[[], torch.Tensor], torch.amp.GradScaler]:
-    """One step as ``atrous.train`` takes it (one micro-batch): the paper's SGD, autocast, the
+    """One step as atrous's training loop takes it (one micro-batch): the paper's SGD, autocast, the
     default loss (cross-entropy ignoring label 255), scaled by a GradScaler for fp16. As in
     training, the loss terms are read back once per step."""
     optimizer = build_optimizer(model, OptimConfig())

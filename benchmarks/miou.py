@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from atrous.apps.demo import demo_config
 from atrous.data import build_dataset
-from atrous.demo import demo_config
-from atrous.distributed import DistributedEnv
-from atrous.evaluate import evaluate_dataset
-from atrous.fast import CALIBRATION_IMAGES, optimize_for_inference
-from atrous.published import load_model
+from atrous.evaluation.evaluate import evaluate_dataset
+from atrous.hub.published import load_model
+from atrous.inference.fast import CALIBRATION_IMAGES, optimize_for_inference
+from atrous.runtime.distributed import DistributedEnv
 
 ROOT = Path(__file__).resolve().parent
 

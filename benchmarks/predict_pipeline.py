@@ -9,7 +9,7 @@ scenes are written once; then, interleaved round by round,
 - **forward**: ``Segmenter.labels`` on batches already decoded and normalised in memory (the
   network, padding to the aligned 513×513, argmax on the device, labels to the host): the
   ceiling that prediction over files can approach;
-- **pipeline**: ``atrous.predict.predict_files`` over the folder at the same batch size, with
+- **pipeline**: ``predict_files`` over the folder at the same batch size, with
   loader workers decoding and normalising and background threads writing masks and overlays;
 - **serial**: the same with one image at a time, no workers, one writer (the old behaviour).
 
@@ -34,10 +34,10 @@ from PIL import Image
 
 import atrous
 from atrous.data.synthetic import render_scene
-from atrous.fast import normalise_images
-from atrous.pipeline import PipelineConfig
-from atrous.predict import Segmenter, load_segmenter, predict_files
-from atrous.profile import describe_device
+from atrous.inference.fast import normalise_images
+from atrous.inference.pipeline import PipelineConfig
+from atrous.inference.predict import Segmenter, load_segmenter, predict_files
+from atrous.models.profile import describe_device
 
 ROOT = Path(__file__).resolve().parent
 

@@ -49,13 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import atrous
-from atrous.convert import from_smp, from_torchvision
-from atrous.export import OnnxNetwork
-from atrous.fast import fold_batchnorm, quantize_onnx, session_options
-from atrous.inference import InferenceConfig
-from atrous.precision import autocast
-from atrous.predict import Segmenter, fast_segmenter
-from atrous.profile import describe_device, profile_model
+from atrous.convert.torch_models import from_smp, from_torchvision
+from atrous.export.onnx import OnnxNetwork
+from atrous.inference.fast import fold_batchnorm, quantize_onnx, session_options
+from atrous.inference.predict import Segmenter, fast_segmenter
+from atrous.inference.strategies import InferenceConfig
+from atrous.models.profile import describe_device, profile_model
+from atrous.runtime.precision import autocast
 
 Runner = Callable[[torch.Tensor], Any]
 ROOT = Path(__file__).resolve().parent
@@ -624,7 +624,7 @@ def train_step_runner(
     precision: str = "fp32",
     checkpointing: bool = False,
 ) -> Callable[[], None]:
-    """One SGD step on a batch of 2 (cross-entropy on random labels), as atrous.train runs it."""
+    """One SGD step on a batch of 2 (cross-entropy on random labels), as training runs it."""
     model = copy.deepcopy(model).to(device).train()
     channels_last = precision != "fp32"
     if channels_last:

@@ -5,7 +5,7 @@ python docs/make_paper_tables.py
 
 from pathlib import Path
 
-from atrous.paper import render_markdown, reproduce
+from atrous.models.paper import render_markdown, reproduce
 
 OUTPUT = Path(__file__).with_name("paper_tables.md")
 

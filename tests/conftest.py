@@ -1,51 +1,13 @@
-"""Shared fixtures: a tiny training configuration and one short run of it per session."""
+"""Shared fixtures: one short training run per session and a VOC tree on disk."""
 
-import dataclasses
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io
+from helpers import random_image, tiny_config, write_index_png, write_rgb
 
-from atrous.data import DataConfig
-from atrous.train import train
-from atrous.train_config import OptimConfig, RunConfig, TrainConfig
-from atrous.zoo import get_config
-
-
-def tiny_config(output_dir: Path, **run_changes) -> TrainConfig:
-    """A small MobileNetV2 DeepLabV3+ on 48×48 built-in scenes: seconds per run on a CPU."""
-    model = get_config("deeplabv3plus_mobilenetv2").replace(num_classes=6, width_multiplier=0.25)
-    data = DataConfig(
-        dataset="synthetic",
-        crop_size=33,
-        scale_min=0.75,
-        scale_max=1.25,
-        workers=0,
-        synthetic_train=64,
-        synthetic_val=12,
-        synthetic_size=48,
-    )
-    optim = OptimConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-4)
-    run = RunConfig(
-        iterations=12,
-        batch_size=4,
-        val_every=6,
-        log_every=1,
-        output_dir=str(output_dir),
-        progress=False,
-        seed=5,
-    )
-    return TrainConfig(model, data, optim, dataclasses.replace(run, **run_changes))
-
-
-def wait_for_steps(output_dir: Path, steps: int, timeout: float = 120) -> None:
-    """Wait until a run in another thread or process has logged ``steps`` records."""
-    path = output_dir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
-    while not path.is_file() or len(path.read_text().splitlines()) < steps:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{output_dir} did not log {steps} steps")
-        time.sleep(0.01)
+from atrous.training.loop import train
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +16,35 @@ def tiny_run(tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("tiny_run")
     train(tiny_config(output_dir))
     return output_dir
+
+
+@pytest.fixture
+def voc_tree(tmp_path):
+    """VOCdevkit/VOC2012 with 3 train and 2 val images, and SBD with 3 .mat annotations."""
+    rng = np.random.default_rng(0)
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    masks = {}
+    for i in ["2007_000001", "2007_000002", "2007_000003", "2007_000004", "2007_000005"]:
+        write_rgb(voc / "JPEGImages" / f"{i}.jpg", random_image(rng))
+        mask = rng.integers(0, 21, (20, 24))
+        mask[0, :] = 255  # VOC's ignored boundary pixels
+        write_index_png(voc / "SegmentationClass" / f"{i}.png", mask)
+        masks[i] = mask
+    sets = voc / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000001\n2007_000002\n2007_000003\n")
+    (sets / "val.txt").write_text("2007_000004\n2007_000005\n")
+    sbd = tmp_path / "benchmark_RELEASE" / "dataset"
+    for i in ["2008_000010", "2008_000011", "2007_000004"]:
+        write_rgb(sbd / "img" / f"{i}.jpg", random_image(rng))
+        mask = rng.integers(0, 21, (20, 24)).astype(np.uint8)
+        (sbd / "cls").mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(
+            sbd / "cls" / f"{i}.mat",
+            {"GTcls": {"Segmentation": mask, "Boundaries": np.zeros(1), "CategoriesPresent": [1]}},
+        )
+        masks[i] = mask
+    # SBD's lists overlap VOC train (2007_000001) and VOC val (2007_000004, must be excluded).
+    (sbd / "train.txt").write_text("2008_000010\n2007_000001\n")
+    (sbd / "val.txt").write_text("2008_000011\n2007_000004\n")
+    return tmp_path, masks

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from atrous.cli import _report_evaluation, main
-from atrous.evaluate import Evaluation
-from atrous.metrics import ConfusionMatrix
+from atrous.evaluation.evaluate import Evaluation
+from atrous.evaluation.metrics import ConfusionMatrix
 
 
 def test_profile_prints_groups_and_both_counts(capsys):

@@ -1,17 +1,23 @@
 """atrous: DeepLabV3+ semantic segmentation, faithful to the paper (Chen et al., ECCV 2018)."""
 
-from atrous import convert
-from atrous.backbones import BACKBONES, Backbone, MobileNetV2, ResNet, Xception, build_backbone
-from atrous.backbones.weights import load_backbone_weights
-from atrous.checkpoint import LoadReport, load_weights
-from atrous.config import ModelConfig
-from atrous.decoder import Decoder
-from atrous.fast import FastNetwork, optimize_for_inference
-from atrous.layers import ASPP, SeparableConv2d
-from atrous.model import DeepLab, DeepLabV3, DeepLabV3Plus
-from atrous.profile import ModelProfile, profile_model
-from atrous.published import list_published, load_model
-from atrous.zoo import build_model, create_model, get_config, list_models
+from atrous.hub.published import list_published, load_model
+from atrous.inference.fast import FastNetwork, optimize_for_inference
+from atrous.models.backbones import (
+    BACKBONES,
+    Backbone,
+    MobileNetV2,
+    ResNet,
+    Xception,
+    build_backbone,
+)
+from atrous.models.backbones.weights import load_backbone_weights
+from atrous.models.checkpoint import LoadReport, load_weights
+from atrous.models.config import ModelConfig
+from atrous.models.decoder import Decoder
+from atrous.models.layers import ASPP, SeparableConv2d
+from atrous.models.model import DeepLab, DeepLabV3, DeepLabV3Plus
+from atrous.models.profile import ModelProfile, profile_model
+from atrous.models.zoo import build_model, create_model, get_config, list_models
 
 __version__ = "0.1.0"
 

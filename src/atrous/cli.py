@@ -21,11 +21,12 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from atrous.config import ModelConfig
-from atrous.convert import convert
-from atrous.convert_hf import convert_transformers
-from atrous.convert_mmseg import convert_mmseg
-from atrous.convert_tf import convert_tf
+from atrous.apps.demo import run_demo
+from atrous.apps.serve import MAX_UPLOAD_MB, launch
+from atrous.convert.hf import convert_transformers
+from atrous.convert.mmseg import convert_mmseg
+from atrous.convert.tf import convert_tf
+from atrous.convert.torch_models import convert
 from atrous.data import (
     DataConfig,
     DataError,
@@ -40,18 +41,20 @@ from atrous.data.chart import plot_class_balance
 from atrous.data.checks import DataReport, LabelProblem, check_dataset
 from atrous.data.doctor import label_doctor
 from atrous.data.fix import write_fixed
-from atrous.demo import run_demo
-from atrous.distributed import init_distributed, resolve_device, shutdown_distributed
-from atrous.evaluate import Evaluation, scores_to_dict
-from atrous.export import ExportCheckError, export_onnx, export_program
-from atrous.fast import CALIBRATION_IMAGES
-from atrous.inference import InferenceConfig, describe_inference
-from atrous.losses import LossConfig
-from atrous.metrics import ConfusionMatrix, SegmentationScores
-from atrous.overfit import OverfitFailed, overfit_check
-from atrous.pipeline import PipelineConfig
-from atrous.plots import plot_confusion
-from atrous.predict import (
+from atrous.evaluation.evaluate import Evaluation, scores_to_dict
+from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from atrous.evaluation.plots import plot_confusion
+from atrous.export.onnx import ExportCheckError, export_onnx, export_program
+from atrous.hub.published import (
+    PublishedScore,
+    get_published,
+    is_published,
+    published_table,
+    resolve_source,
+)
+from atrous.inference.fast import CALIBRATION_IMAGES
+from atrous.inference.pipeline import PipelineConfig
+from atrous.inference.predict import (
     DEMO_MODEL,
     Segmenter,
     calibration_images,
@@ -61,19 +64,16 @@ from atrous.predict import (
     predict_files,
     run_data_config,
 )
-from atrous.profile import profile_model
-from atrous.published import (
-    PublishedScore,
-    get_published,
-    is_published,
-    published_table,
-    resolve_source,
-)
-from atrous.serve import MAX_UPLOAD_MB, launch
-from atrous.train import TrainingPreempted
-from atrous.train import train as run_training
-from atrous.train_config import OptimConfig, RunConfig, TrainConfig
-from atrous.zoo import create_model, get_config, list_models
+from atrous.inference.strategies import InferenceConfig, describe_inference
+from atrous.models.config import ModelConfig
+from atrous.models.profile import profile_model
+from atrous.models.zoo import create_model, get_config, list_models
+from atrous.runtime.distributed import init_distributed, resolve_device, shutdown_distributed
+from atrous.training.config import OptimConfig, RunConfig, TrainConfig
+from atrous.training.loop import TrainingPreempted
+from atrous.training.loop import train as run_training
+from atrous.training.losses import LossConfig
+from atrous.training.overfit import OverfitFailed, overfit_check
 
 console = Console()
 

@@ -28,7 +28,7 @@ from atrous.data.folder import (
 )
 from atrous.data.io import DataError, Palette, read_mask
 from atrous.data.palettes import voc_palette
-from atrous.visualize import palette_image
+from atrous.data.visualize import palette_image
 
 
 def fixed_labels(

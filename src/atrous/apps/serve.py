@@ -1,0 +1,379 @@
+"""``atrous serve``: a local web page where a person drops an image and sees what the model sees.
+
+    atrous serve                       # the model the last `atrous demo` saved
+    atrous serve runs/voc/model --port 8080
+
+The page (Gradio) runs every image through :func:`~atrous.inference.predict.segment_file`,
+the function
+``atrous predict`` uses, so the page and the command line cannot disagree. Uploads are limited in
+bytes and pixels, land in a temporary folder (Gradio's upload folder is pointed there), and a file
+that is not a readable image gets a message on the page while the server keeps serving.
+"""
+
+import copy
+import dataclasses
+import html
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
+from atrous.data.visualize import overlay, palette_image
+from atrous.hub.published import resolve_source
+from atrous.inference.predict import (
+    DEMO_MODEL,
+    Segmenter,
+    fast_segmenter,
+    load_segmenter,
+    segment_file,
+)
+from atrous.inference.strategies import PAPER_SCALES, InferenceConfig
+from atrous.models.model import DeepLab
+
+#: Uploads larger than this many megabytes are refused by the server.
+MAX_UPLOAD_MB = 20
+#: Uploads with more pixels than this are refused before decoding (about 5000×5000).
+MAX_PIXELS = 25_000_000
+#: Built-in scenes offered as samples: the first of the validation split (never trained on).
+SAMPLE_COUNT = 4
+
+
+@dataclass(frozen=True)
+class PageOptions:
+    """What the page lets the user choose for one image."""
+
+    output_stride: int
+    multi_scale_flip: bool = False
+    fast: bool = False
+
+    def inference(self) -> InferenceConfig:
+        """Scales and flip; the output stride is set on the segmenter's own model copy."""
+        if self.multi_scale_flip:
+            return InferenceConfig(scales=PAPER_SCALES, flip=True)
+        return InferenceConfig()
+
+    def describe(self) -> str:
+        scales = "scales 0.5–1.75 + flip" if self.multi_scale_flip else "single scale"
+        return f"OS{self.output_stride}, {scales}, {'fast path' if self.fast else 'eager'}"
+
+
+@dataclass
+class PageResult:
+    """What the page shows for one image (or, with only ``status``, why it could not)."""
+
+    image: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    legend: str = ""
+    mask_path: Path | None = None
+    status: str = ""
+
+
+def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Fraction of the pixels given to each class."""
+    counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+    return counts / max(1, labels.size)
+
+
+def _share(fraction: float) -> str:
+    return "<0.1%" if fraction < 0.0005 else f"{100 * fraction:.1f}%"
+
+
+def legend_html(segmenter: Segmenter, shares: np.ndarray) -> str:
+    """A table of the classes present, largest share first: colour, name, share of pixels."""
+    rows = []
+    for index in np.argsort(-shares):
+        if shares[index] == 0:
+            continue
+        r, g, b = segmenter.palette[index]
+        name = html.escape(str(segmenter.class_names[index]))
+        rows.append(
+            f'<tr><td><span class="swatch" style="background:rgb({r},{g},{b})"></span></td>'
+            f'<td class="legend-name">{name}</td><td>{_share(shares[index])}</td></tr>'
+        )
+    header = "<tr><th></th><th>class</th><th>pixels</th></tr>"
+    return f'<table class="legend">{header}{"".join(rows)}</table>'
+
+
+class PageModel:
+    """The saved model behind the page: one segmenter per choice of options, each on its own copy
+    of the model set to its output stride once (the fast path fixes it anyway), built on first
+    use. Requests run one at a time (one lock for every event of the page)."""
+
+    def __init__(self, source: str | Path, workdir: Path) -> None:
+        self.source = Path(source)
+        self.workdir = workdir
+        self._native = load_segmenter(self.source)
+        if not isinstance(self._native.network, DeepLab):
+            raise ValueError(
+                f"{source}: atrous serve needs a saved model folder or a training checkpoint "
+                "(an exported file has a fixed output stride)"
+            )
+        if self._native.multilabel:
+            raise ValueError(
+                f"{source} is a multilabel model (classes may overlap); the page shows one class "
+                "per pixel: use `atrous predict`, which writes one mask per class"
+            )
+        #: The output stride the model was saved at (the page's default).
+        self.output_stride: int = self._native.network.output_stride
+        #: Whether the model segments the built-in scenes (then the page offers some).
+        self.knows_scenes = tuple(self._native.class_names) == SyntheticScenes.classes
+        self._segmenters: dict[PageOptions, Segmenter] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def segmenter(self, options: PageOptions) -> Segmenter:
+        if options not in self._segmenters:
+            network = copy.deepcopy(self._native.network)
+            network.set_output_stride(options.output_stride)
+            segmenter = dataclasses.replace(
+                self._native, network=network, inference=options.inference()
+            )
+            if options.fast:
+                segmenter = fast_segmenter(segmenter)
+            self._segmenters[options] = segmenter
+        return self._segmenters[options]
+
+    def run(self, path: str | Path | None, options: PageOptions) -> PageResult:
+        """Segment one uploaded file. A bad file, or any failure, becomes a message on the page,
+        never an exception: the server keeps serving."""
+        if path is None:
+            return PageResult(status="Drop an image above, or pick a sample.")
+        name = Path(path).name
+        with self._lock:
+            if self.closed:
+                return PageResult(status="The server is shutting down.")
+            try:
+                return self._segment(Path(path), options)
+            except DataError as error:
+                message = str(error).replace(str(path), name)
+                return PageResult(status=f"**Could not segment {_plain(name)}**: {_plain(message)}")
+            except Exception as error:  # a page request must not take the server down
+                return PageResult(
+                    status=f"**Segmenting {_plain(name)} failed** ({type(error).__name__}): "
+                    f"{_plain(str(error))}"
+                )
+
+    def _segment(self, path: Path, options: PageOptions) -> PageResult:
+        segmenter = self.segmenter(options)
+        start = time.perf_counter()
+        image, labels = segment_file(segmenter, path, max_pixels=MAX_PIXELS)
+        seconds = time.perf_counter() - start
+        folder = self.workdir / "results" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        mask_path = folder / f"{path.stem}_mask.png"
+        palette_image(labels, segmenter.palette).save(mask_path)
+        height, width = labels.shape
+        return PageResult(
+            image,
+            overlay(image, labels, segmenter.palette),
+            legend_html(segmenter, class_shares(labels, segmenter.num_classes)),
+            mask_path,
+            f"{_plain(path.name)}: {width}×{height} segmented in {1000 * seconds:.0f} ms "
+            f"({options.describe()})",
+        )
+
+    def close(self) -> None:
+        """Wait for the running request, refuse later ones, delete the temporary folder."""
+        with self._lock:
+            self.closed = True
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _plain(text: str) -> str:
+    """``text`` shown as it is in Markdown on one line: markup characters (and Gradio's ``$``
+    for LaTeX) escaped, line breaks made spaces."""
+    return re.sub(r"([\\`*_\[\]<>#|~!&$])", r"\\\1", " ".join(text.splitlines()))
+
+
+def write_samples(folder: Path) -> list[Path]:
+    """The first built-in validation scenes (never trained on) as PNG files."""
+    scenes = build_dataset(DataConfig(dataset="synthetic", synthetic_val=SAMPLE_COUNT), "val")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(len(scenes)):
+        path = folder / f"scene_{index}.png"
+        Image.fromarray(scenes.load(index)[0]).save(path)
+        paths.append(path)
+    return paths
+
+
+def read_card(source: Path) -> str:
+    """The model card's Markdown without its YAML header, or a note that there is none."""
+    card = source / "README.md"
+    if not card.is_file():
+        return "This model has no model card (README.md)."
+    text = card.read_text(encoding="utf-8")
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        text = text[end + 4 :] if end != -1 else text
+    return text.strip()
+
+
+CSS = """
+.legend { border-collapse: collapse; }
+.legend td, .legend th { padding: 2px 10px; text-align: left; }
+#image img, #overlay img { width: 100%; height: 100%; object-fit: contain;
+                           image-rendering: pixelated; }
+.swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #777;
+          vertical-align: middle; }
+"""
+
+
+def _gradio() -> Any:
+    """The Gradio module, or an ImportError that says how to install it (an optional extra)."""
+    try:
+        import gradio
+    except ImportError:
+        raise ImportError("atrous serve needs Gradio: pip install 'atrous[serve]'") from None
+    return gradio
+
+
+def build_page(model: PageModel, is_demo_model: bool) -> Any:
+    """The Gradio Blocks page for ``model``."""
+    gr = _gradio()
+
+    def handle(path: str | None, stride: str, multi: bool, fast: bool) -> tuple:
+        result = model.run(path, PageOptions(int(stride), multi, fast))
+        mask = str(result.mask_path) if result.mask_path is not None else None
+        # The upload box is emptied each time, so the next file can be dropped straight away.
+        return result.image, result.overlay, result.legend, mask, result.status, path, None
+
+    where = (
+        f"`{model.source}`, the model the last `atrous demo` saved"
+        if is_demo_model
+        else f"`{model.source}`"
+    )
+    samples = write_samples(model.workdir / "samples") if model.knows_scenes else []
+    with gr.Blocks(title="atrous: DeepLabV3+ segmentation") as page:
+        gr.Markdown(f"# atrous: DeepLabV3+ segmentation\nModel: {where}.")
+        current = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Drop an image (any format)", elem_id="upload")
+                gallery = gr.Gallery(
+                    [str(p) for p in samples],
+                    label="…or pick a built-in scene",
+                    columns=2,
+                    height="auto",
+                    allow_preview=False,
+                    visible=bool(samples),
+                    elem_id="samples",
+                )
+                stride = gr.Radio(
+                    ["8", "16", "32"], value=str(model.output_stride), label="Output stride"
+                )
+                multi = gr.Checkbox(label="Multi-scale (0.5–1.75) + left-right flip")
+                fast = gr.Checkbox(label="Fast path (BN folded, fastest correct backend)")
+            with gr.Column(scale=2):
+                status = gr.Markdown(elem_id="status")
+                with gr.Row():
+                    shown = gr.Image(label="Image", format="png", height=320, elem_id="image")
+                    coloured = gr.Image(
+                        label="Overlay", format="png", height=320, elem_id="overlay"
+                    )
+                with gr.Row():
+                    legend = gr.HTML(elem_id="legend")
+                    mask = gr.File(label="Mask (palette PNG of class indices)", elem_id="mask")
+        with gr.Accordion("Model card", open=False):
+            gr.Markdown(read_card(model.source))
+        outputs = [shown, coloured, legend, mask, status, current, upload]
+        options = [stride, multi, fast]
+        upload.upload(handle, [upload, *options], outputs)
+
+        def pick(event: gr.SelectData, *chosen: Any) -> tuple:
+            return handle(str(samples[event.index]), *chosen)
+
+        gallery.select(pick, options, outputs)
+        for control in options:
+            control.change(handle, [current, *options], outputs)
+    return page
+
+
+@dataclass
+class Server:
+    """A running page: its address, the model behind it (with the temporary folder) and the
+    Gradio app."""
+
+    url: str
+    model: PageModel
+    page: Any
+    previous_temp_dir: str | None = None  # GRADIO_TEMP_DIR before the page took it over
+
+    @property
+    def workdir(self) -> Path:
+        return self.model.workdir
+
+    def close(self) -> None:
+        """Stop serving, delete the temporary folder (uploads, results) once the running request
+        is done, and restore the environment."""
+        self.page.close()
+        self.model.close()
+        _restore_temp_dir(self.previous_temp_dir)
+
+
+def _restore_temp_dir(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+def launch(
+    model: str | Path = DEMO_MODEL,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    max_upload_mb: int = MAX_UPLOAD_MB,
+    block: bool = True,
+    announce: Callable[[str], None] = print,
+) -> Server:
+    """Start the page for ``model`` on ``host:port``. With ``block`` it serves until
+    interrupted; otherwise the server runs in a background thread until ``close()``."""
+    _gradio()  # before anything is created
+    source = resolve_source(model)  # a published checkpoint: fetched once
+    is_demo = source == Path(DEMO_MODEL)
+    if is_demo and not source.is_dir():
+        raise FileNotFoundError(
+            f"no model at {source}: run `atrous demo` first, or name a saved model folder"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="atrous-serve-"))
+    previous_temp_dir = os.environ.get("GRADIO_TEMP_DIR")
+    # Gradio keeps uploads and returned files in its upload folder: make it ours, temporary.
+    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        page_model = PageModel(source, workdir)
+        page = build_page(page_model, is_demo)
+        page.queue(default_concurrency_limit=1)
+        page.launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=f"{max_upload_mb}mb",
+            prevent_thread_lock=True,
+            ssr_mode=False,
+            quiet=True,
+            css=CSS,
+            footer_links=[],
+        )
+    except BaseException:  # a model that cannot load, a port in use: leave nothing behind
+        shutil.rmtree(workdir, ignore_errors=True)
+        _restore_temp_dir(previous_temp_dir)
+        raise
+    server = Server(f"http://{host}:{page.server_port}", page_model, page, previous_temp_dir)
+    announce(f"atrous serve: {source} on {server.url} (uploads in {workdir})")
+    if block:
+        try:
+            page.block_thread()
+        finally:
+            server.close()
+    return server

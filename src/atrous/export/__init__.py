@@ -1,0 +1,5 @@
+"""Export for deployment, each format with a built-in check against the eager model."""
+
+from atrous.export.onnx import ExportCheckError, export_onnx, export_program
+
+__all__ = ["ExportCheckError", "export_onnx", "export_program"]

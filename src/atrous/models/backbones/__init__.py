@@ -1,0 +1,113 @@
+"""Backbones behind one contract: ``forward`` returns ``{"low", "high"}`` features, and ``"aux"``
+when asked (``base``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from atrous.models.backbones.base import Backbone, StridedUnit, apply_output_stride
+from atrous.models.backbones.mobilenet import MobileNetV2
+from atrous.models.backbones.resnet import ResNet
+from atrous.models.backbones.xception import Xception
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Official DeepLab preprocessing for beta ResNets and Xception: pixels scaled to [-1, 1].
+SYMMETRIC_MEAN = (0.5, 0.5, 0.5)
+SYMMETRIC_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone and how its input is normalised (on [0, 1] RGB).
+
+    ``build(output_stride, multi_grid, width_multiplier, in_channels)``; :func:`build_backbone`
+    checks that the options apply before calling it.
+    """
+
+    build: Callable[..., Backbone]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    supports_multi_grid: bool
+    supports_width: bool = False
+
+
+def _resnet(depth: int, layout: str) -> Callable[..., Backbone]:
+    def build(
+        output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+    ) -> Backbone:
+        return ResNet(depth, layout, multi_grid, output_stride, in_channels)
+
+    return build
+
+
+def _xception(variant: str) -> Callable[..., Backbone]:
+    def build(
+        output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+    ) -> Backbone:
+        return Xception(variant, multi_grid, output_stride, in_channels)
+
+    return build
+
+
+def _mobilenetv2(
+    output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+) -> Backbone:
+    return MobileNetV2(width, output_stride, in_channels)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec(_resnet(50, "torchvision"), IMAGENET_MEAN, IMAGENET_STD, True),
+    "resnet101": BackboneSpec(_resnet(101, "torchvision"), IMAGENET_MEAN, IMAGENET_STD, True),
+    "resnet50_beta": BackboneSpec(_resnet(50, "beta"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
+    "resnet101_beta": BackboneSpec(_resnet(101, "beta"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
+    "resnet50_v1c": BackboneSpec(_resnet(50, "v1c"), IMAGENET_MEAN, IMAGENET_STD, True),
+    "resnet101_v1c": BackboneSpec(_resnet(101, "v1c"), IMAGENET_MEAN, IMAGENET_STD, True),
+    "xception41": BackboneSpec(_xception("xception41"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
+    "xception65": BackboneSpec(_xception("xception65"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
+    "xception71": BackboneSpec(_xception("xception71"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
+    "mobilenetv2": BackboneSpec(_mobilenetv2, IMAGENET_MEAN, IMAGENET_STD, False, True),
+}
+
+
+def build_backbone(
+    name: str,
+    *,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = None,
+    width_multiplier: float = 1.0,
+    dilate_removed_stride_units: bool = False,
+    in_channels: int = 3,
+) -> Backbone:
+    """Build a backbone by name, checking that the options apply to it; ``in_channels`` is the
+    number of input bands its first conv reads (3: RGB)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}")
+    spec = BACKBONES[name]
+    if multi_grid is not None and not spec.supports_multi_grid:
+        raise ValueError(f"backbone {name!r} has no multi-grid option (got {tuple(multi_grid)})")
+    if width_multiplier != 1.0 and not spec.supports_width:
+        raise ValueError(
+            f"backbone {name!r} has no width_multiplier option (got {width_multiplier})"
+        )
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    backbone = spec.build(output_stride, multi_grid, width_multiplier, in_channels)
+    if dilate_removed_stride_units:
+        backbone.dilate_removed_stride_units = True
+        backbone.set_output_stride(output_stride)
+    return backbone
+
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneSpec",
+    "MobileNetV2",
+    "ResNet",
+    "StridedUnit",
+    "Xception",
+    "apply_output_stride",
+    "build_backbone",
+]
