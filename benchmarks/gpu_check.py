@@ -13,7 +13,8 @@ is not finite being reported as failed.
 
 Inference: atrous eager, ``atrous.optimize_for_inference`` at fp32, bf16 and fp16, and smp's
 network eager and compiled: latency at batch 1, images/s at the training batch, peak memory of
-one batch above the level before it, logits against the eager fp32 reference.
+one batch above the level before it, logits against a float64 reference (eager fp32 included:
+its difference is fp32's own rounding, or TF32's on a GPU).
 
 The default network is DeepLabV3+ ResNet-101 OS16, built as smp's ``DeepLabV3Plus`` (random
 weights) and converted with :func:`atrous.convert.from_smp`, so atrous and smp run the same
@@ -43,7 +44,16 @@ from typing import Any
 
 import harness
 import torch
-from gpu_measure import Network, Record, compile_module, free_memory, infer_row, refusal, train_row
+from gpu_measure import (
+    Network,
+    Record,
+    compile_module,
+    free_memory,
+    infer_row,
+    reference_logits,
+    refusal,
+    train_row,
+)
 from gpu_report import markdown
 from peers import calibrate_bn, smp_model
 from torch import nn
@@ -140,9 +150,8 @@ def inference_jobs(
     model, peer = copy.deepcopy(model).to(device).eval(), peer.to(device).eval()
     size, backend = (network.size, network.size), args.compile_backend
     example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1)).to(device)
-    with torch.no_grad():
-        ours = model(example).float()
-        theirs = ours if network.same_network else peer(example).float()
+    ours = reference_logits(model, example)
+    theirs = ours if network.same_network else reference_logits(peer, example)
 
     def job(side: str, path: str, build: Callable[[], harness.Runner], **kwargs: Any) -> Job:
         reference = ours if side == "atrous" else theirs

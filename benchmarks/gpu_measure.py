@@ -151,6 +151,14 @@ def train_row(
 # ---------------------------------------------------------------------------- inference
 
 
+def reference_logits(module: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """Float64 logits of a copy of ``module`` on ``example`` (as float32): the reference every
+    inference row is compared with, computed apart from all of them (no TF32 in float64)."""
+    network = copy.deepcopy(module).double().eval()
+    with torch.no_grad():
+        return network(example.double()).float()
+
+
 def infer_row(
     build: Callable[[], harness.Runner],
     example: torch.Tensor,
