@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import yaml
+from helpers import tiny_config
 from torch import nn
 
 import atrous
@@ -24,6 +25,7 @@ from atrous.inference.fast import (
     optimize_for_inference,
 )
 from atrous.training.config import TrainConfig
+from atrous.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,19 @@ def trained(tiny_run):
     dataset = build_dataset(config.data, "val")
     images = [dataset.load(i)[0] for i in range(len(dataset))]
     return model, images
+
+
+@pytest.fixture(scope="module")
+def multiclass(tmp_path_factory):
+    """The tiny run trained for 100 iterations instead of 12: on the held-out validation images
+    it predicts five classes (the 12-iteration model predicts the background everywhere, which
+    any path that keeps one class would match). Its model and validation images, as
+    :func:`trained`."""
+    output_dir = tmp_path_factory.mktemp("multiclass")
+    train(tiny_config(output_dir, iterations=100, val_every=100, log_every=50))
+    config = TrainConfig.from_dict(yaml.safe_load((output_dir / "config.yaml").read_text()))
+    dataset = build_dataset(config.data, "val")
+    return load_model(output_dir / "model"), [dataset.load(i)[0] for i in range(len(dataset))]
 
 
 def _logits(model, batch):
@@ -49,11 +64,18 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_the_logits(name):
     torch.manual_seed(0)
     kwargs = {"width_multiplier": 0.5} if "mobilenet" in name else {}
     model = atrous.create_model(name, num_classes=3, **kwargs).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        # Random statistics and affine terms: a fresh BN is the identity, which any folding keeps.
+        bn.running_mean.normal_(0, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.normal_(bn.bias, 0, 0.2)
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is kept
     batch = torch.randn(1, 3, 65, 81)
-    assert torch.allclose(_logits(folded, batch), _logits(model, batch), atol=1e-4, rtol=1e-4)
+    expected = _logits(model, batch)
+    assert (_logits(folded, batch) - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_fold_batchnorm_leaves_a_bn_whose_conv_output_is_used_elsewhere():
@@ -130,8 +152,9 @@ def test_bf16_fast_path_is_close_and_agrees_in_argmax(trained):
     assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.98
 
 
-def test_int8_fast_path_calibrates_on_images_and_keeps_the_predictions(trained, tmp_path):
-    model, images = trained
+@pytest.mark.slow
+def test_int8_fast_path_calibrates_on_images_and_keeps_the_predictions(multiclass, tmp_path):
+    model, images = multiclass
     network = optimize_for_inference(
         model, (48, 48), precision="int8", calibration=images[:4], workdir=tmp_path
     )
@@ -141,10 +164,16 @@ def test_int8_fast_path_calibrates_on_images_and_keeps_the_predictions(trained, 
 
     ops = {node.op_type for node in onnx.load(tmp_path / "model.int8.onnx").graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # Held-out images (not used for calibration): int8 predicts the same class on most pixels.
+    # Held-out images (not used for calibration): int8 predicts the same class on most pixels,
+    # and on most pixels of each class that eager predicts on at least 2% of them (at least 3
+    # such classes, so keeping the background alone cannot pass).
     batch = torch.cat(normalise_images(images[4:], model.config.mean, model.config.std))
-    agreement = (network(batch).argmax(1) == _logits(model, batch).argmax(1)).float().mean()
-    assert agreement >= 0.9
+    expected = _logits(model, batch).argmax(1)
+    agree = network(batch).argmax(1) == expected
+    frequent = [c for c in expected.unique() if (expected == c).float().mean() >= 0.02]
+    assert len(frequent) >= 3, expected.unique(return_counts=True)
+    per_class = [agree[expected == c].float().mean().item() for c in frequent]
+    assert agree.float().mean() >= 0.9 and sum(per_class) / len(per_class) >= 0.7, per_class
 
 
 def test_int8_needs_calibration_and_fp16_needs_cuda(trained):

@@ -14,6 +14,7 @@ import yaml
 from helpers import tiny_config
 from PIL import Image
 
+import atrous.training.loop
 from atrous.cli import main
 from atrous.hub.published import load_model
 from atrous.inference.predict import load_segmenter, predict_files
@@ -145,13 +146,26 @@ def test_four_band_tiffs_train_and_the_aux_head_stays_out_of_the_saved_model(tmp
     assert any(k.startswith("aux_head.") for k in checkpoint["model"])
 
 
-def test_class_weights_come_from_the_training_masks(tmp_path, capsys):
+def test_class_weights_come_from_the_training_masks(tmp_path, capsys, monkeypatch):
     write_binary_folder(tmp_path / "discs", 8, 32, seed=2)
+    masks = [np.array(Image.open(p)) for p in (tmp_path / "discs" / "masks" / "train").iterdir()]
+    share = sum(int((m == 255).sum()) for m in masks) / sum(m.size for m in masks)
+    expected = 1 / np.log(1.02 + np.array([1 - share, share]))  # ENet's 1 / ln(1.02 + p_c)
+    given = []
+
+    def build_loss(*args):
+        given.append(args[4])  # the class weights the loss is built with
+        return real_build_loss(*args)
+
+    real_build_loss = atrous.training.loop.build_loss
+    monkeypatch.setattr(atrous.training.loop, "build_loss", build_loss)
     config = folder_config(tmp_path, tmp_path / "discs", task="binary", crop_size=33)
     loss = LossConfig(class_weighting="inverse_log", top_k_percent_pixels=0.5)
     run = dataclasses.replace(config.run, iterations=2, val_every=0)
     train(dataclasses.replace(config, run=run, loss=loss))
-    assert "class weights (inverse_log, 8 masks): background" in capsys.readouterr().out
+    np.testing.assert_allclose(given[0].numpy(), expected, rtol=1e-6)
+    shown = f"background {expected[0]:.3g}, foreground {expected[1]:.3g}"
+    assert f"class weights (inverse_log, 8 masks): {shown}" in capsys.readouterr().out
 
 
 def test_overfit_batch_passes_when_the_batch_can_be_fitted(tmp_path, capsys):
