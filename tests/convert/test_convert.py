@@ -10,7 +10,12 @@ from atrous import load_model
 from atrous.convert.torch_models import convert, from_smp, from_torchvision
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 
-smp = pytest.importorskip("segmentation_models_pytorch")
+
+@pytest.fixture
+def smp():
+    """segmentation_models_pytorch, for the tests that convert its models (only they skip)."""
+    return pytest.importorskip("segmentation_models_pytorch")
+
 
 TOLERANCE = 1e-4
 #: The auxiliary head sits on layer3: fewer layers, so less rounding than the logits.
@@ -93,7 +98,7 @@ def test_published_torchvision_weights_convert_from_the_hub_cache_offline(tmp_pa
     ("encoder", "output_stride", "rates"),
     [("resnet50", 16, (12, 24, 36)), ("resnet50", 8, (6, 9, 12))],
 )
-def test_smp_deeplabv3plus_gives_the_same_logits(encoder, output_stride, rates):
+def test_smp_deeplabv3plus_gives_the_same_logits(encoder, output_stride, rates, smp):
     torch.manual_seed(0)
     reference = smp.DeepLabV3Plus(
         encoder,
@@ -111,7 +116,7 @@ def test_smp_deeplabv3plus_gives_the_same_logits(encoder, output_stride, rates):
         assert max_abs_diff(model(x), reference(x)) <= TOLERANCE
 
 
-def test_smp_folder_converts_with_its_config(tmp_path):
+def test_smp_folder_converts_with_its_config(tmp_path, smp):
     """smp's save_pretrained folder → atrous folder (the CLI path) → the same logits."""
     torch.manual_seed(0)
     reference = smp.DeepLabV3Plus(
@@ -137,7 +142,7 @@ def test_atrous_training_checkpoint_converts(tiny_run, tmp_path):
         assert torch.equal(value, state[key]), key
 
 
-def test_unsupported_sources_are_clear_errors(tmp_path):
+def test_unsupported_sources_are_clear_errors(tmp_path, smp):
     dense_aspp = smp.DeepLabV3Plus("resnet50", encoder_weights=None, decoder_aspp_separable=False)
     with pytest.raises(ValueError, match="decoder_aspp_separable=False"):
         from_smp(dense_aspp)

@@ -23,8 +23,6 @@ from atrous.hub.published import load_model
 from atrous.models.backbones import build_backbone
 from atrous.models.backbones.weights import load_backbone_weights
 
-tf = pytest.importorskip("tensorflow", reason="the TF checkpoint tests need atrous[tf]")
-
 FIXTURES = TF_FIXTURES
 RELATIVE = 1e-4
 

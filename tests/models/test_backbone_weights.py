@@ -11,7 +11,11 @@ from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101
 from atrous import Xception, create_model, load_backbone_weights
 from atrous.models.backbones.weights import backbone_state_dict
 
-timm = pytest.importorskip("timm")
+
+@pytest.fixture
+def timm():
+    """timm, for the tests that compare with it: only they skip without it."""
+    return pytest.importorskip("timm")
 
 
 @pytest.fixture
@@ -67,7 +71,7 @@ def test_mobilenetv2_weights_by_name_and_from_local_files(torch_hub_cache, tmp_p
         )
 
 
-def test_timm_xception65_maps_every_tensor():
+def test_timm_xception65_maps_every_tensor(timm):
     reference = timm.create_model("xception65", pretrained=False)
     theirs = {k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}
     mapped = backbone_state_dict("xception65", reference.state_dict())
@@ -82,7 +86,7 @@ def test_timm_xception65_maps_every_tensor():
     )
 
 
-def test_xception_imagenet_weights_through_timm_from_the_hf_cache(tmp_path, monkeypatch):
+def test_xception_imagenet_weights_through_timm_from_the_hf_cache(tmp_path, monkeypatch, timm):
     """timm's pretrained path (Hugging Face cache, offline) for the official TF port."""
     torch.manual_seed(0)
     state = timm.create_model("xception71", pretrained=False).state_dict()
@@ -187,7 +191,7 @@ def test_four_band_resnet50_loads_imagenet_weights_by_name(torch_hub_cache):
     assert torch.equal(model.backbone.layer3[5].conv2.weight, state["layer3.5.conv2.weight"])
 
 
-def test_four_band_xception_adapts_timm_weights():
+def test_four_band_xception_adapts_timm_weights(timm):
     """timm's stem conv, renamed to ours (``stem.0.0``), is the one adapted."""
     torch.manual_seed(0)
     state = timm.create_model("xception41", pretrained=False).state_dict()

@@ -14,7 +14,12 @@ from atrous.models.backbones import (
 )
 from atrous.models.backbones.weights import load_backbone_weights
 
-timm = pytest.importorskip("timm")
+
+@pytest.fixture
+def timm():
+    """timm, for the tests that compare with it: only they skip without it."""
+    return pytest.importorskip("timm")
+
 
 # (replace_stride_with_dilation for torchvision's ResNet) at each output stride
 TORCHVISION_DILATION = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}
@@ -170,7 +175,7 @@ def ordered_shapes(state):
 
 
 @pytest.mark.parametrize("variant", ["xception41", "xception65", "xception71"])
-def test_xception_parameters_correspond_one_to_one_with_timm(variant):
+def test_xception_parameters_correspond_one_to_one_with_timm(variant, timm):
     reference = timm.create_model(variant, pretrained=False)
     theirs = {k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}
     ours = Xception(variant).state_dict()
@@ -179,7 +184,7 @@ def test_xception_parameters_correspond_one_to_one_with_timm(variant):
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
-def test_xception65_matches_timm_features(output_stride):
+def test_xception65_matches_timm_features(output_stride, timm):
     """timm's port of the official model, with its weights mapped in by name, gives our features."""
     torch.manual_seed(0)
     reference = timm.create_model("xception65", pretrained=False, output_stride=output_stride)
