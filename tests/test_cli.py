@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,21 @@ def test_profile_prints_groups_and_both_counts(capsys):
     out = capsys.readouterr().out
     for word in ("backbone", "aspp", "decoder", "classifier", "total", "176.85", "176.96"):
         assert word in out
+
+
+@pytest.mark.slow
+def test_the_installed_atrous_command_runs_and_passes_on_its_exit_status():
+    """The console script pip installs ([project.scripts]), not ``python -m atrous``."""
+    script = shutil.which("atrous")
+    assert script is not None, "no `atrous` on PATH: install the package (pip install -e .)"
+    listed = subprocess.run([script, "models"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "deeplabv3plus_mobilenetv2" in listed.stdout
+    refused = subprocess.run(
+        [script, "profile", "--model", "nope"], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2
+    assert "unknown model name 'nope'" in refused.stdout and "Traceback" not in refused.stderr
 
 
 def test_profile_unknown_model_is_one_clear_error(capsys):
