@@ -11,6 +11,7 @@ from atrous.evaluation.evaluate import Evaluation
 from atrous.evaluation.metrics import ConfusionMatrix
 
 
+@pytest.mark.slow
 def test_profile_prints_groups_and_both_counts(capsys):
     assert main(["profile", "--model", "deeplabv3plus_xception65", "--output_stride", "8"]) == 0
     out = capsys.readouterr().out

@@ -57,6 +57,7 @@ def gpu_check(tmp_path_factory):
     return results, (output / "gpu_check.md").read_text()
 
 
+@pytest.mark.slow
 def test_every_row_is_measured_or_says_why_not(gpu_check):
     results, _ = gpu_check
     assert [row["name"] for row in results["training"]] == TRAINING
@@ -74,6 +75,7 @@ def test_every_row_is_measured_or_says_why_not(gpu_check):
     assert compiled["compile"] == "eager" and compiled["compile_s"] is not None
 
 
+@pytest.mark.slow
 def test_the_inference_rows_are_checked_against_a_float64_reference(gpu_check):
     rows = {row["name"]: row for row in gpu_check[0]["inference"]}
     for name in ("atrous eager fp32", "smp eager fp32", "atrous optimize_for_inference fp32"):
@@ -82,6 +84,7 @@ def test_the_inference_rows_are_checked_against_a_float64_reference(gpu_check):
     assert rows["atrous optimize_for_inference bf16"]["argmax_agreement"] > 0.5
 
 
+@pytest.mark.slow
 def test_the_markdown_lists_every_row_with_its_command(gpu_check):
     results, text = gpu_check
     assert "python benchmarks/gpu_check.py --device cpu --tiny --output_dir" in text

@@ -57,6 +57,7 @@ def _logits(model, batch):
         return model(batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["deeplabv3plus_resnet50_beta", "deeplabv3plus_xception65", "deeplabv3_mobilenetv2"]
 )
@@ -94,6 +95,7 @@ def test_fold_batchnorm_leaves_a_bn_whose_conv_output_is_used_elsewhere():
     assert isinstance(folded.bn, nn.BatchNorm2d)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "expected"), [("torch", "torch"), ("auto", "onnxruntime")])
 def test_fp32_fast_path_matches_eager_at_two_sizes(trained, backend, expected):
     model, _ = trained
@@ -106,6 +108,7 @@ def test_fp32_fast_path_matches_eager_at_two_sizes(trained, backend, expected):
     assert model.training is False and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_onnxruntime_fp32_adds_a_graph_fixed_to_the_example_size(trained, tmp_path):
     model, _ = trained
     network = optimize_for_inference(model, (65, 97), workdir=tmp_path)
@@ -126,6 +129,7 @@ def test_onnxruntime_fp32_adds_a_graph_fixed_to_the_example_size(trained, tmp_pa
     assert [p.name for p in (tmp_path / "no_example").glob("*.onnx")] == ["model.onnx"]
 
 
+@pytest.mark.slow
 def test_compiled_fast_path_matches_eager():
     torch.manual_seed(0)
     model = atrous.create_model("deeplabv3_mobilenetv2", num_classes=3, width_multiplier=0.25)
@@ -135,6 +139,7 @@ def test_compiled_fast_path_matches_eager():
     assert (network(example) - _logits(model, example)).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_fp32_check_refuses_a_network_outside_the_tolerance(trained):
     with pytest.raises(FastCheckError, match="tolerance"):
         optimize_for_inference(trained[0], (49, 49), backend="torch", tolerance=0.0)
@@ -183,6 +188,7 @@ def test_int8_needs_calibration_and_fp16_needs_cuda(trained):
         optimize_for_inference(trained[0], precision="fp16")
 
 
+@pytest.mark.slow
 def test_predict_and_eval_run_fast(tiny_run, trained, tmp_path, capsys):
     from PIL import Image
 

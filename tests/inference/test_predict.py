@@ -46,6 +46,7 @@ def mixed_folder(tmp_path):
     return folder, sizes
 
 
+@pytest.mark.slow
 def test_predict_writes_masks_and_overlays_of_each_input_size(tiny_run, mixed_folder, tmp_path):
     folder, sizes = mixed_folder
     segmenter = load_segmenter(tiny_run / "best.pt")
@@ -110,6 +111,7 @@ def test_segmenter_predicts_what_evaluation_scores(tiny_run):
     torch.testing.assert_close(confusion.matrix, evaluation.confusion.matrix, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_eval_command_prints_table_and_writes_json(tiny_run, tmp_path, capsys):
     output = tmp_path / "eval.json"
     status = main(

@@ -65,6 +65,7 @@ def test_apply_output_stride_errors():
 # ---------------------------------------------------------------- ResNet, torchvision layout
 
 
+@pytest.mark.slow
 def test_torchvision_resnet101_state_dict_loads_strictly():
     reference = torchvision.models.resnet101()
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
@@ -74,6 +75,7 @@ def test_torchvision_resnet101_state_dict_loads_strictly():
         assert torch.equal(ours.state_dict()[key], value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_torchvision_layout_matches_torchvision_dilated_resnet(output_stride):
     torch.manual_seed(0)
@@ -174,6 +176,7 @@ def ordered_shapes(state):
     return [tuple(v.shape) for k, v in state.items() if "num_batches_tracked" not in k]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["xception41", "xception65", "xception71"])
 def test_xception_parameters_correspond_one_to_one_with_timm(variant, timm):
     reference = timm.create_model(variant, pretrained=False)
@@ -183,6 +186,7 @@ def test_xception_parameters_correspond_one_to_one_with_timm(variant, timm):
     assert ordered_shapes(ours) == ordered_shapes(theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_xception65_matches_timm_features(output_stride, timm):
     """timm's port of the official model, with its weights mapped in by name, gives our features."""
@@ -205,6 +209,7 @@ def test_xception65_matches_timm_features(output_stride, timm):
     torch.testing.assert_close(torch.relu(features["low"]), tap["low"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_xception_structure():
     net = Xception("xception65", output_stride=16)
     assert len(net.blocks) == 21  # 3 entry + 16 middle + 2 exit

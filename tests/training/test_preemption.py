@@ -44,6 +44,7 @@ def own_handlers():
         signal.signal(number, handler)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGUSR1])
 def test_a_signal_stops_after_the_step_with_last_pt_at_that_iteration(
     tmp_path, number, own_handlers
@@ -65,6 +66,7 @@ def test_a_signal_stops_after_the_step_with_last_pt_at_that_iteration(
     assert all(signal.getsignal(n) is _previous_handler for n in own_handlers)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_then_the_same_command_resumes_exactly(tmp_path):
     """What a scheduler does: SIGTERM to every process of the job, data-loading workers too."""
     config = tiny_config(tmp_path / "run", iterations=40, val_every=1000, checkpoint_every=0)
@@ -94,6 +96,7 @@ def test_sigterm_to_the_whole_process_group_then_the_same_command_resumes_exactl
     assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "run" / "last.pt")
 
 
+@pytest.mark.slow
 def test_a_stop_at_a_validation_step_validates_first_on_resume(tmp_path, monkeypatch):
     """The stop flag comes up after step 6, where validation is due: the step's checkpoint says
     so, the resumed run validates at 6 before step 7, and it ends as an uninterrupted run."""
@@ -115,6 +118,7 @@ def test_a_stop_at_a_validation_step_validates_first_on_resume(tmp_path, monkeyp
     assert_same_weights(tmp_path / "straight" / "best.pt", tmp_path / "run" / "best.pt")
 
 
+@pytest.mark.slow
 def test_checkpoints_every_n_iterations_and_every_few_minutes(tmp_path, monkeypatch):
     written = []
     original = atrous.training.loop.save_checkpoint
