@@ -216,7 +216,12 @@ UNITS = ("Bottleneck", "XceptionUnit", "InvertedResidual")
 
 
 @pytest.mark.parametrize(
-    "name", ["deeplabv3plus_resnet50_beta", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2"]
+    "name",
+    [
+        pytest.param("deeplabv3plus_resnet50_beta", marks=pytest.mark.slow),
+        pytest.param("deeplabv3plus_xception65", marks=pytest.mark.slow),
+        "deeplabv3plus_mobilenetv2",
+    ],
 )
 def test_activation_checkpointing_gives_the_same_step(name):
     torch.manual_seed(0)
