@@ -40,6 +40,7 @@ def test_profile_unknown_model_is_one_clear_error(capsys):
     assert "unknown model name 'nope'" in out and "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_models_lists_named_configurations(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

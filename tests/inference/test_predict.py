@@ -95,6 +95,7 @@ def test_inputs_expand_globs_and_refuse_colliding_names(tmp_path):
         expand_inputs([tmp_path, tmp_path / "sub"])
 
 
+@pytest.mark.slow
 def test_segmenter_predicts_what_evaluation_scores(tiny_run):
     """One preprocessing and inference path: predict on raw images == evaluation."""
     segmenter = load_segmenter(tiny_run / "best.pt")
