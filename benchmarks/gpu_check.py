@@ -13,7 +13,8 @@ is not finite being reported as failed.
 
 Inference: atrous eager, ``atrous.optimize_for_inference`` at fp32, bf16 and fp16, and smp's
 network eager and compiled: latency at batch 1, images/s at the training batch, peak memory of
-one batch above the level before it, logits against the eager fp32 reference.
+one batch above the level before it, logits against a float64 reference (eager fp32 included:
+its difference is fp32's own rounding, or TF32's on a GPU).
 
 The default network is DeepLabV3+ ResNet-101 OS16, built as smp's ``DeepLabV3Plus`` (random
 weights) and converted with :func:`atrous.convert.from_smp`, so atrous and smp run the same
@@ -32,11 +33,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
-import math
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -44,42 +42,35 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import run as bench
+import harness
 import torch
+from gpu_measure import (
+    Network,
+    Record,
+    compile_module,
+    free_memory,
+    infer_row,
+    reference_logits,
+    refusal,
+    train_row,
+)
+from gpu_report import markdown
+from peers import calibrate_bn, smp_model
 from torch import nn
 
 import atrous
 from atrous.convert.torch_models import from_smp
-from atrous.export.onnx import compare_logits
 from atrous.models.profile import describe_device
-from atrous.runtime.precision import autocast
-from atrous.training.config import OptimConfig
-from atrous.training.loop import build_optimizer
-from atrous.training.losses import LossConfig, build_loss
 
-IGNORE_INDEX = 255
 PRECISIONS = ("fp32", "bf16", "fp16")
-Record = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------- networks
 
 
-@dataclass(frozen=True)
-class Network:
-    """The network under test, its smp peer, and the sizes it runs at."""
-
-    title: str
-    build: Callable[[], tuple[atrous.DeepLab, nn.Module]]  # (atrous, smp peer), on the CPU
-    same_network: bool  # the atrous network is the peer converted (the same logits)
-    crop: int  # training crop
-    size: int  # inference size (smp: divisible by 16)
-    batch_size: int  # training batch, and the inference throughput batch
-
-
 def _converted(encoder: str) -> Callable[[], tuple[atrous.DeepLab, nn.Module]]:
     def build() -> tuple[atrous.DeepLab, nn.Module]:
-        peer = bench.smp_model(encoder, 16)
+        peer = smp_model(encoder, 16)
         return from_smp(peer), peer
 
     return build
@@ -87,7 +78,7 @@ def _converted(encoder: str) -> Callable[[], tuple[atrous.DeepLab, nn.Module]]:
 
 def _tiny() -> tuple[atrous.DeepLab, nn.Module]:
     model = atrous.create_model("deeplabv3plus_mobilenetv2", num_classes=21, width_multiplier=0.25)
-    return bench.calibrate_bn(model, 65), bench.smp_model("resnet18")
+    return calibrate_bn(model, 65), smp_model("resnet18")
 
 
 NETWORKS = {
@@ -107,167 +98,6 @@ NETWORKS = {
         2,
     ),
 }
-
-
-# ---------------------------------------------------------------------------- measuring
-
-
-def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall time of ``fn`` with the device's queue drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-def refusal(device: torch.device, precision: str) -> str | None:
-    """Why atrous's autocast refuses ``precision`` on ``device`` (fp16 on the CPU), or None."""
-    try:
-        autocast(device, precision)
-    except ValueError as error:
-        return str(error)
-    return None
-
-
-def compile_module(module: nn.Module, backend: str, freezing: bool = False) -> nn.Module:
-    """``torch.compile`` with ``backend``; inductor freezes inference weights when asked."""
-    options = {"freezing": True} if freezing and backend == "inductor" else None
-    return torch.compile(module, backend=backend, options=options)
-
-
-def _free_memory(device: torch.device) -> None:
-    """Drop compiled graphs (they hold their modules) and cached blocks between rows."""
-    torch._dynamo.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _finite(value: float) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
-
-
-# ---------------------------------------------------------------------------- training
-
-
-def random_batch(
-    network: Network, num_classes: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed (N, 3, crop, crop) channels_last batch and (N, crop, crop) labels, 10% ignored."""
-    generator = torch.Generator().manual_seed(0)
-    shape = (network.batch_size, network.crop, network.crop)
-    images = torch.randn(shape[0], 3, *shape[1:], generator=generator)
-    target = torch.randint(0, num_classes, shape, generator=generator)
-    target[torch.rand(shape, generator=generator) < 0.1] = IGNORE_INDEX
-    images = images.to(device).contiguous(memory_format=torch.channels_last)
-    return images, target.to(device)
-
-
-def training_step(
-    net: nn.Module,
-    model: nn.Module,
-    batch: tuple[torch.Tensor, torch.Tensor],
-    precision: str,
-    device: torch.device,
-) -> tuple[Callable[[], torch.Tensor], torch.amp.GradScaler]:
-    """One step as atrous's training loop takes it (one micro-batch): the paper's SGD, autocast, the
-    default loss (cross-entropy ignoring label 255), scaled by a GradScaler for fp16. As in
-    training, the loss terms are read back once per step."""
-    optimizer = build_optimizer(model, OptimConfig())
-    loss_fn = build_loss(LossConfig(), "multiclass", model.num_classes, IGNORE_INDEX, None)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    images, target = batch
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            loss, _ = loss_fn({"out": net(images)}, target, 0)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss.detach()
-
-    return step, scaler
-
-
-def train_row(
-    base: atrous.DeepLab,
-    network: Network,
-    device: torch.device,
-    precision: str,
-    backend: str | None,
-    steps: int,
-    warmup: int,
-) -> Record:
-    """``steps`` timed steps of a copy of ``base`` (channels_last, compiled with ``backend``
-    unless None) after a first step and ``warmup`` more; a non-finite loss fails the row."""
-    losses: list[torch.Tensor] = []
-    with bench.PeakMemory(device) as memory:
-        model = copy.deepcopy(base).to(device, memory_format=torch.channels_last).train()
-        net = model if backend is None else compile_module(model, backend)
-        batch = random_batch(network, base.num_classes, device)
-        step, scaler = training_step(net, model, batch, precision, device)
-        first_s = _seconds(lambda: losses.append(step()), device)
-        for _ in range(warmup):
-            losses.append(step())
-        steady_s = _seconds(lambda: losses.extend(step() for _ in range(steps)), device)
-    values = torch.stack(losses).float().cpu().tolist()
-    record: Record = {
-        "first_step_s": first_s,
-        "compile_s": first_s - steady_s / steps if backend is not None else None,
-        "ms_per_step": 1000 * steady_s / steps,
-        "images_per_s": network.batch_size * steps / steady_s,
-        "peak_memory_mib": memory.mib,
-        "first_loss": values[0],
-        "final_loss": values[-1],
-        "loss_scale": scaler.get_scale() if precision == "fp16" else None,
-    }
-    bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
-    if bad:
-        record["status"] = "failed"
-        record["reason"] = f"loss became {values[bad[0]]} at step {bad[0] + 1} of {len(values)}"
-    return record
-
-
-# ---------------------------------------------------------------------------- inference
-
-
-def infer_row(
-    build: Callable[[], bench.Runner],
-    example: torch.Tensor,
-    reference: torch.Tensor,
-    batch_size: int,
-    rounds: int,
-) -> Record:
-    """Build a runner (timed, with its first calls at ``batch_size`` and batch 1), compare its
-    logits on ``example`` (1, 3, H, W) with ``reference``, time it at both batch sizes and
-    measure the peak memory of one batch."""
-    device = example.device
-    batch = example.expand(batch_size, -1, -1, -1).contiguous()
-    start = time.perf_counter()
-    runner = build()
-    runner(batch)
-    logits = runner(example)
-    build_s = time.perf_counter() - start
-    agreement = compare_logits(torch.as_tensor(logits).cpu(), reference.cpu())
-    latency = statistics.median(_seconds(lambda: runner(example), device) for _ in range(rounds))
-    batch_s = statistics.median(
-        _seconds(lambda: runner(batch), device) for _ in range(max(3, rounds // 4))
-    )
-    with bench.PeakMemory(device) as memory:
-        runner(batch)
-    return {
-        "build_s": build_s,
-        "latency_ms": 1000 * latency,
-        "images_per_s": batch_size / batch_s,
-        "peak_memory_mib": memory.mib,
-        "max_abs_diff": agreement.max_abs_diff,
-        "logit_scale": agreement.scale,
-        "argmax_agreement": agreement.argmax_agreement,
-    }
 
 
 # ---------------------------------------------------------------------------- rows
@@ -320,11 +150,10 @@ def inference_jobs(
     model, peer = copy.deepcopy(model).to(device).eval(), peer.to(device).eval()
     size, backend = (network.size, network.size), args.compile_backend
     example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1)).to(device)
-    with torch.no_grad():
-        ours = model(example).float()
-        theirs = ours if network.same_network else peer(example).float()
+    ours = reference_logits(model, example)
+    theirs = ours if network.same_network else reference_logits(peer, example)
 
-    def job(side: str, path: str, build: Callable[[], bench.Runner], **kwargs: Any) -> Job:
+    def job(side: str, path: str, build: Callable[[], harness.Runner], **kwargs: Any) -> Job:
         reference = ours if side == "atrous" else theirs
         return Job(
             "inference",
@@ -334,14 +163,14 @@ def inference_jobs(
             **kwargs,
         )
 
-    def fast(precision: str, fast_backend: str = "torch") -> Callable[[], bench.Runner]:
+    def fast(precision: str, fast_backend: str = "torch") -> Callable[[], harness.Runner]:
         return lambda: atrous.optimize_for_inference(
             model, size, precision=precision, backend=fast_backend
         )
 
     not_inductor = f"optimize_for_inference compiles with inductor; --compile_backend {backend}"
     return [
-        job("atrous", "eager fp32", lambda: bench.eager(model, device)),
+        job("atrous", "eager fp32", lambda: harness.eager(model, device)),
         *[
             job("atrous", f"optimize_for_inference {p}", fast(p), skip=refusal(device, p))
             for p in PRECISIONS
@@ -353,11 +182,11 @@ def inference_jobs(
             compiles=True,
             skip=None if backend == "inductor" else not_inductor,
         ),
-        job("smp", "eager fp32", lambda: bench.eager(peer, device)),
+        job("smp", "eager fp32", lambda: harness.eager(peer, device)),
         job(
             "smp",
             f"torch.compile ({backend}) fp32",
-            lambda: bench.eager(compile_module(copy.deepcopy(peer), backend, True), device),
+            lambda: harness.eager(compile_module(copy.deepcopy(peer), backend, True), device),
             compiles=True,
         ),
     ]
@@ -371,7 +200,7 @@ def _guarded(job: Job, device: torch.device) -> Record:
         first_line = (str(error).strip().splitlines() or [""])[0][:240]
         record = {"status": "failed", "reason": f"{type(error).__name__}: {first_line}"}
     finally:
-        _free_memory(device)
+        free_memory(device)
     return {"status": "ok", "reason": None, **record}
 
 
@@ -406,79 +235,6 @@ def run_jobs(
         log(f"{job.section} {job.name}: {record['status']} {record['reason'] or ''}".rstrip())
         records[index] = {"section": job.section, "name": job.name, **job.fields, **record}
     return [records[index] for index in range(len(jobs))]
-
-
-# ---------------------------------------------------------------------------- report
-
-
-def _fmt(value: Any, digits: int = 0) -> str:
-    return f"{value:,.{digits}f}" if _finite(value) else "—"
-
-
-def _status(row: Record) -> str:
-    return "ok" if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
-
-
-def _training_table(rows: list[Record], batch_size: int) -> list[str]:
-    lines = [
-        "| precision | mode | status | first step (s) | ms/step | images/s | peak memory (MiB) "
-        "| loss, first → final |",
-        "|---|---|---|---:|---:|---:|---:|---|",
-    ]
-    for row in rows:
-        numbers = (
-            f"{_fmt(row['first_step_s'], 1)} | {_fmt(row['ms_per_step'], 1)} "
-            f"| {_fmt(row['images_per_s'], 1)} | {_fmt(row['peak_memory_mib'])} "
-            f"| {_fmt(row['first_loss'], 3)} → {_fmt(row['final_loss'], 3)}"
-            if "ms_per_step" in row
-            else "| | | |"
-        )
-        mode = "eager" if row["compile"] is None else f"torch.compile ({row['compile']})"
-        lines.append(f"| {row['precision']} | {mode} | {_status(row)} | {numbers} |")
-    return [f"Training, batch {batch_size}, channels_last:", "", *lines, ""]
-
-
-def _inference_table(rows: list[Record], batch_size: int) -> list[str]:
-    lines = [
-        f"| who | path | status | build (s) | batch 1 (ms) | images/s (batch {batch_size}) "
-        f"| peak memory, batch {batch_size} (MiB) | max abs Δlogit (of scale) | argmax agreement |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        numbers = (
-            f"{_fmt(row['build_s'], 1)} | {_fmt(row['latency_ms'], 1)} "
-            f"| {_fmt(row['images_per_s'], 1)} | {_fmt(row['peak_memory_mib'])} "
-            f"| {row['max_abs_diff']:.1e} ({row['logit_scale']:.1f}) "
-            f"| {row['argmax_agreement']:.4f}"
-            if "latency_ms" in row
-            else "| | | | |"
-        )
-        lines.append(f"| {row['side']} | {row['path']} | {_status(row)} | {numbers} |")
-    return ["Inference:", "", *lines, ""]
-
-
-def markdown(results: Record) -> str:
-    """The check's two tables, headed by the machine, versions and command."""
-    net = results["network"]
-    versions = f"torch {results['torch']}"
-    if results["cuda"]:
-        tf32 = results["tf32"]
-        versions += (
-            f", CUDA {results['cuda']}, cuDNN {results['cudnn']}; TF32 convs {tf32['cudnn']}, "
-            f"TF32 matmuls {tf32['matmul']}, cudnn.benchmark {results['cudnn_benchmark']}"
-        )
-    lines = [
-        f"Device: {results['device_name']} ({results['device']}); {versions}.",
-        f"Command: `{results['command']}` ({results['seconds']:.0f} s).",
-        f"Network: {net['title']}, {net['params'] / 1e6:.2f} M parameters; training crop "
-        f"{net['crop']}×{net['crop']}, {results['steps']} timed steps after "
-        f"{results['warmup'] + 1} warm-up; inference {net['size']}×{net['size']}, "
-        f"{results['rounds']} batch-1 calls (median).",
-        "",
-        *_training_table(results["training"], net["batch_size"]),
-        *_inference_table(results["inference"], net["batch_size"]),
-    ]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- command

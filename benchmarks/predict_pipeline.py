@@ -20,14 +20,13 @@ merit (issue 18: 85% on a CPU, 90% on a GPU). It writes JSON (``--json``) and pr
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
 from PIL import Image
@@ -38,8 +37,6 @@ from atrous.inference.fast import normalise_images
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import Segmenter, load_segmenter, predict_files
 from atrous.models.profile import describe_device
-
-ROOT = Path(__file__).resolve().parent
 
 
 def write_images(folder: Path, count: int, size: int) -> list[np.ndarray]:
@@ -63,19 +60,20 @@ def segmenter_for(name: str, device: torch.device, folder: Path) -> Segmenter:
 
 def forward_rate(segmenter: Segmenter, batches: list[torch.Tensor], device: torch.device) -> float:
     """Images/s of ``Segmenter.labels`` on batches that are already normalised in memory."""
-    start = time.perf_counter()
-    for batch in batches:
-        segmenter.labels(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+    elapsed = harness.seconds(lambda: [segmenter.labels(batch) for batch in batches], device)
+    return sum(len(b) for b in batches) / elapsed
 
 
 def predict_rate(segmenter: Segmenter, folder: Path, out: Path, pipeline: PipelineConfig) -> float:
     """Images/s of ``predict_files`` over the folder, writing masks and overlays."""
-    start = time.perf_counter()
-    report = predict_files(segmenter, [folder], out, progress=False, pipeline=pipeline)
-    elapsed = time.perf_counter() - start
+    reports = []
+    elapsed = harness.seconds(
+        lambda: reports.append(
+            predict_files(segmenter, [folder], out, progress=False, pipeline=pipeline)
+        ),
+        segmenter.device,
+    )
+    report = reports[0]
     if report.failed:
         raise RuntimeError(f"prediction failed on {report.failed[0]}")
     return report.segmented / elapsed
@@ -143,7 +141,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip_serial", action="store_true")
-    parser.add_argument("--json", type=Path, default=ROOT / "results" / "predict_pipeline.json")
+    parser.add_argument("--json", type=Path, default=harness.RESULTS / "predict_pipeline.json")
     return parser.parse_args(argv)
 
 
@@ -154,9 +152,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows = [measure_model(name, args, Path(folder)) for name in args.models]
     table = markdown(rows, device)
     print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/predict_pipeline.py", *(argv or sys.argv[1:])])
-    args.json.write_text(json.dumps({"device": device, "command": command, "rows": rows}, indent=2))
+    harness.write_results(args.json, {"device": device, "command": command, "rows": rows})
     return rows
 
 

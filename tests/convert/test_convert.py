@@ -10,7 +10,12 @@ from atrous import load_model
 from atrous.convert.torch_models import convert, from_smp, from_torchvision
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 
-smp = pytest.importorskip("segmentation_models_pytorch")
+
+@pytest.fixture
+def smp():
+    """segmentation_models_pytorch, for the tests that convert its models (only they skip)."""
+    return pytest.importorskip("segmentation_models_pytorch")
+
 
 TOLERANCE = 1e-4
 #: The auxiliary head sits on layer3: fewer layers, so less rounding than the logits.
@@ -30,6 +35,7 @@ def torchvision_model(num_classes: int = 21):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_torchvision_deeplabv3_resnet50_gives_the_same_logits():
     reference = torchvision_model(num_classes=7)
     model = from_torchvision(reference)
@@ -43,6 +49,7 @@ def test_torchvision_deeplabv3_resnet50_gives_the_same_logits():
         assert model.aspp.rates == (6, 12, 18) and model(x).shape == (1, 7, 49, 67)
 
 
+@pytest.mark.slow
 def test_torchvision_aux_classifier_converts_into_the_aux_head(tmp_path):
     """aux_loss=True weights: our forward_train's "aux" is torchvision's model(x)["aux"]."""
     reference = torchvision_model(num_classes=7)
@@ -72,6 +79,7 @@ def test_torchvision_aux_classifier_converts_into_the_aux_head(tmp_path):
         convert("x", "smp", str(tmp_path), aux_head=True)
 
 
+@pytest.mark.slow
 def test_published_torchvision_weights_convert_from_the_hub_cache_offline(tmp_path, monkeypatch):
     """The torchvision weights name goes through torchvision's own cache; VOC names come along."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -89,11 +97,12 @@ def test_published_torchvision_weights_convert_from_the_hub_cache_offline(tmp_pa
         assert max_abs_diff(model(x), reference(x)["out"]) <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("encoder", "output_stride", "rates"),
     [("resnet50", 16, (12, 24, 36)), ("resnet50", 8, (6, 9, 12))],
 )
-def test_smp_deeplabv3plus_gives_the_same_logits(encoder, output_stride, rates):
+def test_smp_deeplabv3plus_gives_the_same_logits(encoder, output_stride, rates, smp):
     torch.manual_seed(0)
     reference = smp.DeepLabV3Plus(
         encoder,
@@ -111,7 +120,8 @@ def test_smp_deeplabv3plus_gives_the_same_logits(encoder, output_stride, rates):
         assert max_abs_diff(model(x), reference(x)) <= TOLERANCE
 
 
-def test_smp_folder_converts_with_its_config(tmp_path):
+@pytest.mark.slow
+def test_smp_folder_converts_with_its_config(tmp_path, smp):
     """smp's save_pretrained folder → atrous folder (the CLI path) → the same logits."""
     torch.manual_seed(0)
     reference = smp.DeepLabV3Plus(
@@ -137,7 +147,7 @@ def test_atrous_training_checkpoint_converts(tiny_run, tmp_path):
         assert torch.equal(value, state[key]), key
 
 
-def test_unsupported_sources_are_clear_errors(tmp_path):
+def test_unsupported_sources_are_clear_errors(tmp_path, smp):
     dense_aspp = smp.DeepLabV3Plus("resnet50", encoder_weights=None, decoder_aspp_separable=False)
     with pytest.raises(ValueError, match="decoder_aspp_separable=False"):
         from_smp(dense_aspp)

@@ -38,6 +38,7 @@ def random_hf_model(folder, output_stride: int):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_transformers_mobilenetv2_gives_the_same_logits(tmp_path, output_stride, capsys):
     reference = random_hf_model(tmp_path / "hf", output_stride)

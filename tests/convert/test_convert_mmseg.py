@@ -58,6 +58,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_mmseg_deeplabv3plus_gives_mmsegs_logits_at_odd_and_even_sizes(checkpoint, tmp_path):
     output = tmp_path / "atrous"
     command = ["convert", "--kind", "mmseg", "--source", str(checkpoint), "--output", str(output)]

@@ -23,8 +23,6 @@ from atrous.hub.published import load_model
 from atrous.models.backbones import build_backbone
 from atrous.models.backbones.weights import load_backbone_weights
 
-tf = pytest.importorskip("tensorflow", reason="the TF checkpoint tests need atrous[tf]")
-
 FIXTURES = TF_FIXTURES
 RELATIVE = 1e-4
 
@@ -42,6 +40,7 @@ def assert_matches(ours: torch.Tensor, official_nhwc: np.ndarray) -> None:
     assert reference.std(dim=(2, 3)).mean() > 0.1 * reference.std()  # real spatial signal
 
 
+@pytest.mark.slow
 def test_xception65_deeplabv3plus_tarball_gives_the_official_logits_at_os16_and_os8(
     tmp_path, capsys
 ):
@@ -71,6 +70,7 @@ def test_xception65_deeplabv3plus_tarball_gives_the_official_logits_at_os16_and_
             assert_matches(model(images), outputs[f"logits_os{output_stride}"])
 
 
+@pytest.mark.slow
 def test_mobilenetv2_deeplabv3_folder_gives_the_official_logits(tmp_path):
     """No atrous branches, no decoder, BN eps 1e-3 in the backbone (folded into variances)."""
     _, variables, outputs = load_fixture("mobilenetv2_deeplabv3")
@@ -86,6 +86,7 @@ def test_mobilenetv2_deeplabv3_folder_gives_the_official_logits(tmp_path):
             assert_matches(model(images), outputs[f"logits_os{output_stride}"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
     [

@@ -181,20 +181,45 @@ def test_check_dataset_reports_every_bad_file_and_frequencies(tmp_path):
 
 
 def test_read_image_handles_every_mode(tmp_path):
-    rgb = np.random.default_rng(4).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    """Each mode read as (H, W, 3) uint8 with the values its own decoding gives."""
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (8, 6, 1), dtype=np.uint8)
+    cmyk = rng.integers(0, 256, (8, 6, 4), dtype=np.uint8)
     Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
-    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.concatenate([rgb, alpha], -1), mode="RGBA").save(tmp_path / "rgba.png")
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "deep.png")
-    exif = Image.fromarray(rgb)
-    info = exif.getexif()
-    info[0x0112] = 6  # rotated 90° clockwise
-    exif.save(tmp_path / "rotated.jpg", exif=info)
-    for name in ("gray.png", "rgba.png", "palette.png", "deep.png"):
+    Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "cmyk.tif")
+    Image.fromarray(np.concatenate([rgb[..., :1], alpha], -1), mode="LA").save(tmp_path / "la.png")
+    Image.fromarray(rgb[..., 0] > 127).save(tmp_path / "bits.png")  # mode "1"
+    gray = np.asarray(Image.open(tmp_path / "gray.png"))
+    palette = Image.open(tmp_path / "palette.png")
+    colours = np.asarray(palette.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    # Pillow's CMYK → RGB: (255 − C)·(255 − K)/255 per channel, rounded either way.
+    from_cmyk = (255 - cmyk[..., :3].astype(float)) * (255 - cmyk[..., 3:].astype(float)) / 255
+    expected = {
+        "gray.png": np.repeat(gray[..., None], 3, -1),
+        "rgba.png": rgb,  # alpha dropped, colour kept
+        "palette.png": colours[np.asarray(palette)],
+        "deep.png": np.repeat(rgb[..., :1], 3, -1),  # 16 bits scaled back to 8
+        "la.png": np.repeat(rgb[..., :1], 3, -1),
+        "bits.png": np.repeat(np.where(rgb[..., :1] > 127, 255, 0), 3, -1),
+    }
+    assert Image.open(tmp_path / "bits.png").mode == "1"
+    for name, values in expected.items():
         image = read_image(tmp_path / name)
         assert image.shape == (8, 6, 3) and image.dtype == np.uint8, name
-    np.testing.assert_array_equal(read_image(tmp_path / "deep.png")[..., 0], rgb[..., 0])
-    assert read_image(tmp_path / "rotated.jpg").shape == (6, 8, 3)
+        np.testing.assert_array_equal(image, values, err_msg=name)
+    image = read_image(tmp_path / "cmyk.tif")
+    assert image.shape == (8, 6, 3) and image.dtype == np.uint8
+    np.testing.assert_allclose(image, from_cmyk, atol=1)
+    exif = Image.fromarray(rgb)
+    info = exif.getexif()
+    info[0x0112] = 6  # to be shown rotated 90° clockwise
+    exif.save(tmp_path / "rotated.jpg", exif=info)
+    stored = np.asarray(Image.open(tmp_path / "rotated.jpg").convert("RGB"))
+    np.testing.assert_array_equal(read_image(tmp_path / "rotated.jpg"), np.rot90(stored, -1))
 
 
 # ---------------------------------------------------------------- built-in scenes

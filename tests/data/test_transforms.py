@@ -29,10 +29,16 @@ def test_random_scale_uses_the_step_grid():
 
 
 def test_masks_are_resized_with_nearest_neighbour():
-    image, mask = pair(21, 17)
-    torch.manual_seed(0)
+    """Output pixel (i, j) of a 21×17 mask scaled to 37×30 is input pixel
+    (floor(i·21/37), floor(j·17/30)); every input value is distinct, so interpolating or
+    choosing the neighbour another way (centres: floor((i + ½)·21/37)) gives other values."""
+    image, _ = pair(21, 17)
+    mask = tv_tensors.Mask(torch.arange(21 * 17).reshape(21, 17))
     _, out = RandomScale(1.75, 1.75, 0)(image, mask)
-    assert set(out.unique().tolist()) <= set(mask.unique().tolist())
+    rows, cols = (torch.arange(n) * size // n for n, size in ((37, 21), (30, 17)))
+    assert torch.equal(out, mask[rows][:, cols])
+    centres = [((2 * torch.arange(n) + 1) * size) // (2 * n) for n, size in ((37, 21), (30, 17))]
+    assert not torch.equal(out, mask[centres[0]][:, centres[1]])
 
 
 def test_training_transform_pads_with_mean_pixel_and_ignore_label():

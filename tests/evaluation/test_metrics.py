@@ -197,6 +197,7 @@ def _reduce_worker(rank, world_size, init_file, n, result_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_reduce_over_two_gloo_processes_equals_one_process(tmp_path):
     n = 5
     result_file = tmp_path / "matrix.pt"
@@ -257,6 +258,7 @@ def test_confusion_rows_are_normalised_and_empty_rows_undefined():
     np.testing.assert_allclose(shares, [[0.75, 0.25], [np.nan, np.nan]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("classes", "smallest", "largest"), [(3, 300, 1000), (150, 1500, 3000)])
 def test_confusion_heatmap_is_a_png_sized_for_its_classes(tmp_path, classes, smallest, largest):
     from PIL import Image

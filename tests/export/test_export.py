@@ -59,6 +59,7 @@ def test_onnx_metadata_describes_the_model(exported):
     assert '"triangle"' in entries[METADATA_KEY]
 
 
+@pytest.mark.slow
 def test_documented_onnxruntime_snippet_runs(exported, tmp_path):
     """docs/deployment.md's snippet, run as written, gives the eager model's labels."""
     segmenter, path, _ = exported
@@ -74,6 +75,7 @@ def test_documented_onnxruntime_snippet_runs(exported, tmp_path):
     np.testing.assert_array_equal(np.asarray(mask), segmenter(reread))
 
 
+@pytest.mark.slow
 def test_torch_export_program_runs_at_other_sizes(exported, tmp_path):
     segmenter, _, _ = exported
     path = export_program(segmenter.network, tmp_path / "tiny.pt2")
@@ -83,6 +85,7 @@ def test_torch_export_program_runs_at_other_sizes(exported, tmp_path):
         torch.testing.assert_close(program(images), segmenter.network(images), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_export_command_reports_the_check(tiny_run, tmp_path, capsys):
     output = tmp_path / "cli.onnx"
     status = main(["export", "--model", str(tiny_run / "best.pt"), "--output", str(output)])
@@ -103,6 +106,7 @@ def untrained_resnet101(tmp_path_factory):
     return folder / "atrous"
 
 
+@pytest.mark.slow
 def test_large_logits_pass_the_export_and_fast_path_checks(untrained_resnet101, tmp_path, capsys):
     """fp32 rounding of ±200 logits exceeds 1e-4 absolute (2.7e-4 measured): judged on the
     logits' scale, both the export and the fast path accept the network."""
@@ -127,12 +131,14 @@ class WrongWhenExported(nn.Module):
         return logits * 1.001 if torch.compiler.is_exporting() else logits
 
 
+@pytest.mark.slow
 def test_a_wrong_graph_still_fails_the_check(exported, tmp_path):
     segmenter, _, _ = exported
     with pytest.raises(ExportCheckError, match=r"argmax agreement .*tolerance 0.0001 of the scale"):
         export_onnx(WrongWhenExported(segmenter.network), tmp_path / "wrong.onnx")
 
 
+@pytest.mark.slow
 def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
     """Neither the ONNX graph, its metadata nor the torch.export program holds the auxiliary head
     (torch.export would otherwise keep its unused parameters); the model keeps it. A 4-band

@@ -54,6 +54,7 @@ def file_server(tmp_path, monkeypatch):
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_first_use_downloads_checks_converts_and_later_uses_read_the_cache_offline(
     file_server, tmp_path, capsys
 ):
@@ -106,6 +107,7 @@ def test_a_file_whose_hash_differs_from_its_names_prefix_is_refused(file_server,
     assert not cached_folder(entry).exists()
 
 
+@pytest.mark.slow
 def test_eval_runs_the_published_protocol_and_prints_the_published_miou(
     file_server,
     voc_tree,

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import yaml
+from helpers import tiny_config
 from torch import nn
 
 import atrous
@@ -24,6 +25,7 @@ from atrous.inference.fast import (
     optimize_for_inference,
 )
 from atrous.training.config import TrainConfig
+from atrous.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +39,25 @@ def trained(tiny_run):
     return model, images
 
 
+@pytest.fixture(scope="module")
+def multiclass(tmp_path_factory):
+    """The tiny run trained for 100 iterations instead of 12: on the held-out validation images
+    it predicts five classes (the 12-iteration model predicts the background everywhere, which
+    any path that keeps one class would match). Its model and validation images, as
+    :func:`trained`."""
+    output_dir = tmp_path_factory.mktemp("multiclass")
+    train(tiny_config(output_dir, iterations=100, val_every=100, log_every=50))
+    config = TrainConfig.from_dict(yaml.safe_load((output_dir / "config.yaml").read_text()))
+    dataset = build_dataset(config.data, "val")
+    return load_model(output_dir / "model"), [dataset.load(i)[0] for i in range(len(dataset))]
+
+
 def _logits(model, batch):
     with torch.no_grad():
         return model(batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["deeplabv3plus_resnet50_beta", "deeplabv3plus_xception65", "deeplabv3_mobilenetv2"]
 )
@@ -49,11 +65,18 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_the_logits(name):
     torch.manual_seed(0)
     kwargs = {"width_multiplier": 0.5} if "mobilenet" in name else {}
     model = atrous.create_model(name, num_classes=3, **kwargs).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        # Random statistics and affine terms: a fresh BN is the identity, which any folding keeps.
+        bn.running_mean.normal_(0, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.normal_(bn.bias, 0, 0.2)
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is kept
     batch = torch.randn(1, 3, 65, 81)
-    assert torch.allclose(_logits(folded, batch), _logits(model, batch), atol=1e-4, rtol=1e-4)
+    expected = _logits(model, batch)
+    assert (_logits(folded, batch) - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_fold_batchnorm_leaves_a_bn_whose_conv_output_is_used_elsewhere():
@@ -72,6 +95,7 @@ def test_fold_batchnorm_leaves_a_bn_whose_conv_output_is_used_elsewhere():
     assert isinstance(folded.bn, nn.BatchNorm2d)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "expected"), [("torch", "torch"), ("auto", "onnxruntime")])
 def test_fp32_fast_path_matches_eager_at_two_sizes(trained, backend, expected):
     model, _ = trained
@@ -84,6 +108,7 @@ def test_fp32_fast_path_matches_eager_at_two_sizes(trained, backend, expected):
     assert model.training is False and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_onnxruntime_fp32_adds_a_graph_fixed_to_the_example_size(trained, tmp_path):
     model, _ = trained
     network = optimize_for_inference(model, (65, 97), workdir=tmp_path)
@@ -104,6 +129,7 @@ def test_onnxruntime_fp32_adds_a_graph_fixed_to_the_example_size(trained, tmp_pa
     assert [p.name for p in (tmp_path / "no_example").glob("*.onnx")] == ["model.onnx"]
 
 
+@pytest.mark.slow
 def test_compiled_fast_path_matches_eager():
     torch.manual_seed(0)
     model = atrous.create_model("deeplabv3_mobilenetv2", num_classes=3, width_multiplier=0.25)
@@ -113,6 +139,7 @@ def test_compiled_fast_path_matches_eager():
     assert (network(example) - _logits(model, example)).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_fp32_check_refuses_a_network_outside_the_tolerance(trained):
     with pytest.raises(FastCheckError, match="tolerance"):
         optimize_for_inference(trained[0], (49, 49), backend="torch", tolerance=0.0)
@@ -130,8 +157,9 @@ def test_bf16_fast_path_is_close_and_agrees_in_argmax(trained):
     assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.98
 
 
-def test_int8_fast_path_calibrates_on_images_and_keeps_the_predictions(trained, tmp_path):
-    model, images = trained
+@pytest.mark.slow
+def test_int8_fast_path_calibrates_on_images_and_keeps_the_predictions(multiclass, tmp_path):
+    model, images = multiclass
     network = optimize_for_inference(
         model, (48, 48), precision="int8", calibration=images[:4], workdir=tmp_path
     )
@@ -141,10 +169,16 @@ def test_int8_fast_path_calibrates_on_images_and_keeps_the_predictions(trained, 
 
     ops = {node.op_type for node in onnx.load(tmp_path / "model.int8.onnx").graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # Held-out images (not used for calibration): int8 predicts the same class on most pixels.
+    # Held-out images (not used for calibration): int8 predicts the same class on most pixels,
+    # and on most pixels of each class that eager predicts on at least 2% of them (at least 3
+    # such classes, so keeping the background alone cannot pass).
     batch = torch.cat(normalise_images(images[4:], model.config.mean, model.config.std))
-    agreement = (network(batch).argmax(1) == _logits(model, batch).argmax(1)).float().mean()
-    assert agreement >= 0.9
+    expected = _logits(model, batch).argmax(1)
+    agree = network(batch).argmax(1) == expected
+    frequent = [c for c in expected.unique() if (expected == c).float().mean() >= 0.02]
+    assert len(frequent) >= 3, expected.unique(return_counts=True)
+    per_class = [agree[expected == c].float().mean().item() for c in frequent]
+    assert agree.float().mean() >= 0.9 and sum(per_class) / len(per_class) >= 0.7, per_class
 
 
 def test_int8_needs_calibration_and_fp16_needs_cuda(trained):
@@ -154,6 +188,7 @@ def test_int8_needs_calibration_and_fp16_needs_cuda(trained):
         optimize_for_inference(trained[0], precision="fp16")
 
 
+@pytest.mark.slow
 def test_predict_and_eval_run_fast(tiny_run, trained, tmp_path, capsys):
     from PIL import Image
 
@@ -181,7 +216,12 @@ UNITS = ("Bottleneck", "XceptionUnit", "InvertedResidual")
 
 
 @pytest.mark.parametrize(
-    "name", ["deeplabv3plus_resnet50_beta", "deeplabv3plus_xception65", "deeplabv3plus_mobilenetv2"]
+    "name",
+    [
+        pytest.param("deeplabv3plus_resnet50_beta", marks=pytest.mark.slow),
+        pytest.param("deeplabv3plus_xception65", marks=pytest.mark.slow),
+        "deeplabv3plus_mobilenetv2",
+    ],
 )
 def test_activation_checkpointing_gives_the_same_step(name):
     torch.manual_seed(0)

@@ -79,6 +79,7 @@ def scene_folder(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_pipelined_predict_writes_what_one_image_at_a_time_writes(tiny_run, scene_folder, tmp_path):
     segmenter = load_segmenter(tiny_run / "best.pt")
     serial = PipelineConfig(batch_size=1, workers=0, writers=1)
@@ -102,6 +103,7 @@ def test_pipelined_predict_writes_what_one_image_at_a_time_writes(tiny_run, scen
         np.testing.assert_array_equal(mask, labels)
 
 
+@pytest.mark.slow
 def test_pipelined_evaluation_scores_what_serial_evaluation_scores(tiny_run):
     segmenter = load_segmenter(tiny_run / "best.pt")
     config = TrainConfig.from_dict(torch.load(tiny_run / "best.pt", weights_only=True)["config"])

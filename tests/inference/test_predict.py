@@ -46,6 +46,7 @@ def mixed_folder(tmp_path):
     return folder, sizes
 
 
+@pytest.mark.slow
 def test_predict_writes_masks_and_overlays_of_each_input_size(tiny_run, mixed_folder, tmp_path):
     folder, sizes = mixed_folder
     segmenter = load_segmenter(tiny_run / "best.pt")
@@ -94,6 +95,7 @@ def test_inputs_expand_globs_and_refuse_colliding_names(tmp_path):
         expand_inputs([tmp_path, tmp_path / "sub"])
 
 
+@pytest.mark.slow
 def test_segmenter_predicts_what_evaluation_scores(tiny_run):
     """One preprocessing and inference path: predict on raw images == evaluation."""
     segmenter = load_segmenter(tiny_run / "best.pt")
@@ -110,6 +112,7 @@ def test_segmenter_predicts_what_evaluation_scores(tiny_run):
     torch.testing.assert_close(confusion.matrix, evaluation.confusion.matrix, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_eval_command_prints_table_and_writes_json(tiny_run, tmp_path, capsys):
     output = tmp_path / "eval.json"
     status = main(

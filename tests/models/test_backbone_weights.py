@@ -11,7 +11,11 @@ from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101
 from atrous import Xception, create_model, load_backbone_weights
 from atrous.models.backbones.weights import backbone_state_dict
 
-timm = pytest.importorskip("timm")
+
+@pytest.fixture
+def timm():
+    """timm, for the tests that compare with it: only they skip without it."""
+    return pytest.importorskip("timm")
 
 
 @pytest.fixture
@@ -28,6 +32,7 @@ def cache_file(folder, weights) -> str:
     return str(folder / weights.url.rsplit("/", 1)[1])
 
 
+@pytest.mark.slow
 def test_resnet101_imagenet_weights_come_from_the_torch_hub_cache(torch_hub_cache):
     torch.manual_seed(0)
     # torchvision's ResNet-101 dilated to OS16; the weights file is the same at any stride.
@@ -67,7 +72,8 @@ def test_mobilenetv2_weights_by_name_and_from_local_files(torch_hub_cache, tmp_p
         )
 
 
-def test_timm_xception65_maps_every_tensor():
+@pytest.mark.slow
+def test_timm_xception65_maps_every_tensor(timm):
     reference = timm.create_model("xception65", pretrained=False)
     theirs = {k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}
     mapped = backbone_state_dict("xception65", reference.state_dict())
@@ -82,7 +88,8 @@ def test_timm_xception65_maps_every_tensor():
     )
 
 
-def test_xception_imagenet_weights_through_timm_from_the_hf_cache(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_xception_imagenet_weights_through_timm_from_the_hf_cache(tmp_path, monkeypatch, timm):
     """timm's pretrained path (Hugging Face cache, offline) for the official TF port."""
     torch.manual_seed(0)
     state = timm.create_model("xception71", pretrained=False).state_dict()
@@ -176,6 +183,7 @@ def test_bands_repeating_rgb_give_the_rgb_features(mobilenet_file):
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_four_band_resnet50_loads_imagenet_weights_by_name(torch_hub_cache):
     torch.manual_seed(0)
     state = torchvision.models.resnet50().state_dict()
@@ -187,7 +195,8 @@ def test_four_band_resnet50_loads_imagenet_weights_by_name(torch_hub_cache):
     assert torch.equal(model.backbone.layer3[5].conv2.weight, state["layer3.5.conv2.weight"])
 
 
-def test_four_band_xception_adapts_timm_weights():
+@pytest.mark.slow
+def test_four_band_xception_adapts_timm_weights(timm):
     """timm's stem conv, renamed to ours (``stem.0.0``), is the one adapted."""
     torch.manual_seed(0)
     state = timm.create_model("xception41", pretrained=False).state_dict()

@@ -14,7 +14,12 @@ from atrous.models.backbones import (
 )
 from atrous.models.backbones.weights import load_backbone_weights
 
-timm = pytest.importorskip("timm")
+
+@pytest.fixture
+def timm():
+    """timm, for the tests that compare with it: only they skip without it."""
+    return pytest.importorskip("timm")
+
 
 # (replace_stride_with_dilation for torchvision's ResNet) at each output stride
 TORCHVISION_DILATION = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}
@@ -60,6 +65,7 @@ def test_apply_output_stride_errors():
 # ---------------------------------------------------------------- ResNet, torchvision layout
 
 
+@pytest.mark.slow
 def test_torchvision_resnet101_state_dict_loads_strictly():
     reference = torchvision.models.resnet101()
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
@@ -69,6 +75,7 @@ def test_torchvision_resnet101_state_dict_loads_strictly():
         assert torch.equal(ours.state_dict()[key], value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_torchvision_layout_matches_torchvision_dilated_resnet(output_stride):
     torch.manual_seed(0)
@@ -169,8 +176,9 @@ def ordered_shapes(state):
     return [tuple(v.shape) for k, v in state.items() if "num_batches_tracked" not in k]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["xception41", "xception65", "xception71"])
-def test_xception_parameters_correspond_one_to_one_with_timm(variant):
+def test_xception_parameters_correspond_one_to_one_with_timm(variant, timm):
     reference = timm.create_model(variant, pretrained=False)
     theirs = {k: v for k, v in reference.state_dict().items() if not k.startswith("head.")}
     ours = Xception(variant).state_dict()
@@ -178,8 +186,9 @@ def test_xception_parameters_correspond_one_to_one_with_timm(variant):
     assert ordered_shapes(ours) == ordered_shapes(theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
-def test_xception65_matches_timm_features(output_stride):
+def test_xception65_matches_timm_features(output_stride, timm):
     """timm's port of the official model, with its weights mapped in by name, gives our features."""
     torch.manual_seed(0)
     reference = timm.create_model("xception65", pretrained=False, output_stride=output_stride)
@@ -200,6 +209,7 @@ def test_xception65_matches_timm_features(output_stride):
     torch.testing.assert_close(torch.relu(features["low"]), tap["low"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_xception_structure():
     net = Xception("xception65", output_stride=16)
     assert len(net.blocks) == 21  # 3 entry + 16 middle + 2 exit

@@ -46,6 +46,7 @@ def test_list_models_covers_every_backbone_with_and_without_decoder():
         assert required in names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_runs_at_every_output_stride(name):
     """Odd input size, train and eval mode, OS 8/16/32: logits at the input size."""
@@ -70,6 +71,7 @@ def test_every_model_runs_at_every_output_stride(name):
     model.set_output_stride(16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("size", [(513, 513), (500, 375), (1025, 2049)])
 def test_any_input_size_gives_logits_at_that_size(name, size):
@@ -78,6 +80,7 @@ def test_any_input_size_gives_logits_at_that_size(name, size):
         assert model(torch.empty(1, 3, *size)).shape == (1, 3, *size)
 
 
+@pytest.mark.slow
 def test_output_stride_is_a_runtime_property_with_the_same_weights():
     """Paper Table 3: train at OS16, evaluate the same weights at OS8."""
     model = model_for("deeplabv3plus_xception65").eval()
@@ -194,6 +197,7 @@ def test_bad_input_shape_is_a_clear_error(shape):
         model.forward_train(torch.randn(*shape))
 
 
+@pytest.mark.slow
 def test_model_learns_a_batch():
     """A few SGD steps on one batch lower the loss: gradients reach every group."""
     torch.manual_seed(0)
@@ -245,6 +249,7 @@ def fcn_by_hand(head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.relu(x), classifier.weight, classifier.bias)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", sorted(AUX_CASES))
 def test_aux_head_runs_on_the_stride16_stage_at_os16_and_os8(backbone):
     model = aux_model(backbone).eval()
@@ -339,6 +344,7 @@ def test_in_channels_and_their_normalisation():
         ModelConfig(in_channels=4.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("in_channels", [1, 4])
 def test_every_backbone_reads_other_band_counts(backbone, in_channels):

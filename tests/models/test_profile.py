@@ -44,6 +44,7 @@ def test_tf1_count_pads_dilated_convs_to_a_multiple_of_the_rate():
     assert conv_mult_adds(plain, (2, 4, 5, 5)) == (2 * 25 * 32, 2 * 25 * 32)
 
 
+@pytest.mark.slow
 def test_paper_tables_within_tolerance(reproduced):
     """Official layouts: TF1 count within 1% of Tables 3/5 (1.5% on the inconsistent row),
     PyTorch count within 10%."""
@@ -62,6 +63,7 @@ def test_dense_decoder_cost_matches_the_paper():
     assert decoder_cost(8) == pytest.approx(21.74, rel=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("output_stride", "native_cut"), [(16, 37.7), (8, 28.9)])
 def test_separable_convs_cut_xception65_mult_adds_by_33_to_41_percent(output_stride, native_cut):
     """The paper's claim, on its own way of counting (TF1): 39.7% at OS16, 32.6% at OS8 (the
@@ -74,6 +76,7 @@ def test_separable_convs_cut_xception65_mult_adds_by_33_to_41_percent(output_str
     assert 100 * (1 - sc.mult_adds / dense.mult_adds) == pytest.approx(native_cut, abs=0.1)
 
 
+@pytest.mark.slow
 def test_docs_paper_tables_are_up_to_date(reproduced):
     assert (DOCS / "paper_tables.md").read_text() == render_markdown(reproduced)
 

@@ -17,7 +17,7 @@ from helpers import tiny_config, wait_for_steps
 
 import atrous.training.loop
 from atrous.models.checkpoint import load_checkpoint
-from atrous.runtime.preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS
+from atrous.runtime.preemption import PREEMPTED_EXIT_CODE
 from atrous.training.loop import TrainingPreempted, train
 
 
@@ -29,8 +29,26 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert first["best_miou"] == second["best_miou"]
 
 
+def _previous_handler(signum, frame):
+    """A handler of the caller's that training must put back (not SIG_DFL, not its own)."""
+    raise AssertionError(f"the caller's handler ran for signal {signum}")
+
+
+@pytest.fixture
+def own_handlers():
+    """SIGTERM and SIGUSR1 handled by the caller while a test trains; the originals after."""
+    numbers = (signal.SIGTERM, signal.SIGUSR1)
+    originals = {number: signal.signal(number, _previous_handler) for number in numbers}
+    yield numbers
+    for number, handler in originals.items():
+        signal.signal(number, handler)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGUSR1])
-def test_a_signal_stops_after_the_step_with_last_pt_at_that_iteration(tmp_path, number):
+def test_a_signal_stops_after_the_step_with_last_pt_at_that_iteration(
+    tmp_path, number, own_handlers
+):
     config = tiny_config(tmp_path, iterations=200, val_every=1000, checkpoint_every=0)
     sender = threading.Thread(
         target=lambda: (wait_for_steps(tmp_path, 2), os.kill(os.getpid(), number)), daemon=True
@@ -45,9 +63,10 @@ def test_a_signal_stops_after_the_step_with_last_pt_at_that_iteration(tmp_path, 
     assert "run the same command again" in str(stop.value)
     assert not (tmp_path / "best.pt").exists()  # validation was far away
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    assert all(signal.getsignal(n) is not None for n in STOP_SIGNALS)
+    assert all(signal.getsignal(n) is _previous_handler for n in own_handlers)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_then_the_same_command_resumes_exactly(tmp_path):
     """What a scheduler does: SIGTERM to every process of the job, data-loading workers too."""
     config = tiny_config(tmp_path / "run", iterations=40, val_every=1000, checkpoint_every=0)
@@ -77,6 +96,7 @@ def test_sigterm_to_the_whole_process_group_then_the_same_command_resumes_exactl
     assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "run" / "last.pt")
 
 
+@pytest.mark.slow
 def test_a_stop_at_a_validation_step_validates_first_on_resume(tmp_path, monkeypatch):
     """The stop flag comes up after step 6, where validation is due: the step's checkpoint says
     so, the resumed run validates at 6 before step 7, and it ends as an uninterrupted run."""
@@ -98,6 +118,7 @@ def test_a_stop_at_a_validation_step_validates_first_on_resume(tmp_path, monkeyp
     assert_same_weights(tmp_path / "straight" / "best.pt", tmp_path / "run" / "best.pt")
 
 
+@pytest.mark.slow
 def test_checkpoints_every_n_iterations_and_every_few_minutes(tmp_path, monkeypatch):
     written = []
     original = atrous.training.loop.save_checkpoint

@@ -31,6 +31,7 @@ def read_metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_raises_miou(tmp_path):
     config = tiny_config(tmp_path, iterations=60, val_every=60)
     torch.manual_seed(config.run.seed)
@@ -55,6 +56,7 @@ def test_training_lowers_the_loss_and_raises_miou(tmp_path):
     assert saved == config
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     straight = train(tiny_config(tmp_path / "straight"))
     stopped = tiny_config(tmp_path / "resumed", stop_after=5)
@@ -84,6 +86,7 @@ def process_with_rank(marker: str, rank: int) -> int:
     raise TimeoutError(f"no process of rank {rank}")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_stops_together_resumes_and_matches_one_process(tmp_path):
     """torchrun with 2 gloo processes, global batch 4 (2 each), against 1 process with batch 4.
 
@@ -162,6 +165,7 @@ def test_bad_settings_fail_before_training(tmp_path):
         train(tiny_config(tmp_path, batch_size=1))
 
 
+@pytest.mark.slow
 def test_the_class_count_defaults_to_the_datasets(tmp_path):
     config = tiny_config(tmp_path, iterations=2, val_every=0)
     config = dataclasses.replace(config, model=config.model.replace(num_classes=None))
@@ -182,6 +186,7 @@ def test_recipes_parse_and_build(tmp_path):
     assert demo == demo_config()
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch(tmp_path):
     """2 micro-steps of 2 images = 1 step of 4 (frozen BN, no dropout, no padding)."""
     base = tiny_config(tmp_path, iterations=3, val_every=3, bn_mode="frozen")
@@ -217,6 +222,7 @@ def test_no_decay_for_bn_and_biases():
     assert len(build_optimizer(model, OptimConfig()).param_groups) == 1
 
 
+@pytest.mark.slow
 def test_bf16_training_runs(tmp_path):
     result = train(
         tiny_config(tmp_path, iterations=2, val_every=2, precision="bf16", channels_last=True)
@@ -224,6 +230,7 @@ def test_bf16_training_runs(tmp_path):
     assert result.iteration == 2 and result.scores is not None
 
 
+@pytest.mark.slow
 def test_training_starts_from_backbone_weights_and_saved_models(tiny_run, tmp_path):
     env = DistributedEnv(0, 1, 0, torch.device("cpu"))
     saved = load_model(tiny_run / "model")

@@ -14,6 +14,7 @@ import yaml
 from helpers import tiny_config
 from PIL import Image
 
+import atrous.training.loop
 from atrous.cli import main
 from atrous.hub.published import load_model
 from atrous.inference.predict import load_segmenter, predict_files
@@ -54,6 +55,7 @@ def folder_config(tmp_path, root, **data_changes):
     return dataclasses.replace(config, data=data, model=model)
 
 
+@pytest.mark.slow
 def test_binary_0_255_masks_train_to_a_high_foreground_iou(tmp_path):
     """One option (data.task binary) reads 0/255 masks as background/foreground."""
     write_binary_folder(tmp_path / "discs", 48, 48, seed=0)
@@ -95,6 +97,7 @@ def write_multilabel_folder(root, count: int, size: int) -> None:
             Image.fromarray(top).save(root / "masks" / split / "top" / f"{index}.png")
 
 
+@pytest.mark.slow
 def test_multilabel_training_scores_each_class_and_predicts_a_mask_per_class(tmp_path):
     write_multilabel_folder(tmp_path / "ml", 24, 40)
     config = folder_config(tmp_path, tmp_path / "ml", task="multilabel", crop_size=33)
@@ -114,6 +117,7 @@ def test_multilabel_training_scores_each_class_and_predicts_a_mask_per_class(tmp
         assert mask.shape == (40, 40) and set(np.unique(mask)) <= {0, 255}
 
 
+@pytest.mark.slow
 def test_four_band_tiffs_train_and_the_aux_head_stays_out_of_the_saved_model(tmp_path):
     root = tmp_path / "bands"
     root.mkdir()
@@ -145,15 +149,30 @@ def test_four_band_tiffs_train_and_the_aux_head_stays_out_of_the_saved_model(tmp
     assert any(k.startswith("aux_head.") for k in checkpoint["model"])
 
 
-def test_class_weights_come_from_the_training_masks(tmp_path, capsys):
+@pytest.mark.slow
+def test_class_weights_come_from_the_training_masks(tmp_path, capsys, monkeypatch):
     write_binary_folder(tmp_path / "discs", 8, 32, seed=2)
+    masks = [np.array(Image.open(p)) for p in (tmp_path / "discs" / "masks" / "train").iterdir()]
+    share = sum(int((m == 255).sum()) for m in masks) / sum(m.size for m in masks)
+    expected = 1 / np.log(1.02 + np.array([1 - share, share]))  # ENet's 1 / ln(1.02 + p_c)
+    given = []
+
+    def build_loss(*args):
+        given.append(args[4])  # the class weights the loss is built with
+        return real_build_loss(*args)
+
+    real_build_loss = atrous.training.loop.build_loss
+    monkeypatch.setattr(atrous.training.loop, "build_loss", build_loss)
     config = folder_config(tmp_path, tmp_path / "discs", task="binary", crop_size=33)
     loss = LossConfig(class_weighting="inverse_log", top_k_percent_pixels=0.5)
     run = dataclasses.replace(config.run, iterations=2, val_every=0)
     train(dataclasses.replace(config, run=run, loss=loss))
-    assert "class weights (inverse_log, 8 masks): background" in capsys.readouterr().out
+    np.testing.assert_allclose(given[0].numpy(), expected, rtol=1e-6)
+    shown = f"background {expected[0]:.3g}, foreground {expected[1]:.3g}"
+    assert f"class weights (inverse_log, 8 masks): {shown}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_overfit_batch_passes_when_the_batch_can_be_fitted(tmp_path, capsys):
     config = tiny_config(tmp_path / "run", overfit_batch=60)
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, flip=False))
@@ -163,6 +182,7 @@ def test_overfit_batch_passes_when_the_batch_can_be_fitted(tmp_path, capsys):
     assert not (tmp_path / "run" / "last.pt").exists()  # a check, not a training run
 
 
+@pytest.mark.slow
 def test_overfit_batch_fails_loudly_when_the_loss_stays_high(tmp_path, capsys):
     config = tiny_config(tmp_path / "run", overfit_batch=10)
     stuck = dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=0.0))
@@ -177,6 +197,7 @@ def test_overfit_batch_fails_loudly_when_the_loss_stays_high(tmp_path, capsys):
     assert "check the masks" in capsys.readouterr().out.lower()
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_loss_trajectory(tmp_path, monkeypatch):
     """torch.compile of the training forward/backward (dynamo + AOTAutograd). The CPU test uses
     the aot_eager backend: inductor's C++ code generation takes minutes per graph on 2 cores
