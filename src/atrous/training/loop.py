@@ -60,12 +60,8 @@ from atrous.models.summary import TrainingSummary
 from atrous.models.zoo import build_model
 from atrous.runtime.distributed import DistributedEnv, init_distributed, shutdown_distributed
 from atrous.runtime.precision import autocast
-from atrous.runtime.preemption import (
-    PREEMPTED_EXIT_CODE,
-    StopSignals,
-    agree_to_stop,
-    ignore_stop_signals,
-)
+from atrous.runtime.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop
+from atrous.runtime.workers import loader_workers, worker_errors
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 from atrous.training.losses import SegmentationLoss, build_loss
 
@@ -493,10 +489,9 @@ def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tenso
         samples,
         batch_size=run.micro,
         sampler=sampler,
-        num_workers=data.workers,
         pin_memory=env.device.type == "cuda",
         drop_last=True,
-        worker_init_fn=ignore_stop_signals if data.workers else None,
+        **loader_workers(data.workers),
         persistent_workers=data.workers > 0,
         prefetch_factor=4 if data.workers else None,
         # Its own generator: creating an iterator must not draw from the global RNG, whose
@@ -508,7 +503,9 @@ def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tenso
         epoch, step = divmod(run.state.iteration, steps_per_epoch)
         while True:
             sampler.set_position(epoch, step * accumulate)
-            yield from itertools.islice(loader, (steps_per_epoch - step) * accumulate)
+            yield from worker_errors(
+                itertools.islice(loader, (steps_per_epoch - step) * accumulate)
+            )
             epoch, step = epoch + 1, 0
 
     return batches()
