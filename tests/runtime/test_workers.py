@@ -22,8 +22,8 @@ from atrous.models.zoo import build_model
 from atrous.runtime.workers import worker_errors, worker_message
 
 #: Seconds a command may take, start-up included (imports alone took 25 s on a loaded 2-core
-#: machine); it failed within a second of
-#: reaching the broken image when measured, and never exited before the fix.
+#: machine); it failed within a second of reaching the broken image when measured, and never
+#: exited before the fix.
 LIMIT = 120
 
 

@@ -64,4 +64,3 @@ def test_resuming_from_a_corrupt_last_pt_says_so_and_how_to_start_afresh(finishe
     assert "--run.resume false" in message
     assert f"copy {tmp_path / 'run' / 'best.pt'} over it" in message
     assert "tensors" not in message  # not a security refusal
-
