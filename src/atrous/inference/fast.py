@@ -331,10 +331,8 @@ def optimize_for_inference(
         calibration: int8 only: a few of the user's images, (H, W, 3) uint8 RGB arrays or
             normalised tensors, from which activation ranges are set.
         tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted, as a share
-            of the logits' scale (:class:`~atrous.export.onnx.LogitAgreement`); None: derived
-            from the eager model's own fp32 rounding on the example
-            (:func:`~atrous.export.onnx.rounding_tolerance`, computed in float64 on its device,
-            so TF32 on a GPU is accounted for).
+            of the logits' scale; None: from the eager model's own fp32 rounding on the example
+            (:func:`~atrous.export.onnx.rounding_tolerance`: float64 on its device, TF32 too).
         workdir: onnxruntime only: keep the ONNX files here (``model.onnx``, ``model.int8.onnx``,
             ``model.<H>x<W>.onnx``) instead of a temporary folder; the first two are deployable like
             ``atrous export``'s, the third takes images of its size only.
