@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atrous.errors import UsageError
+from atrous.errors import AtrousError, UsageError
 from atrous.models.config import input_channels
 from atrous.models.saved import SavedModel
 
@@ -58,7 +58,7 @@ def inference_module(model: nn.Module) -> nn.Module:
     return model.without_aux_head() if isinstance(model, SavedModel) else model
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(AtrousError, RuntimeError):
     """The exported graph's outputs differ from the eager model's beyond the tolerance."""
 
 
