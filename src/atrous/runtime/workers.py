@@ -19,6 +19,8 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import multiprocessing.util  # registers Python's exit hook for children now, before ours
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -38,7 +40,12 @@ _hook_registered = False
 
 def end_daemonic_children(grace: float = GRACE_SECONDS) -> int:
     """What Python does to daemonic children at exit (SIGTERM), then SIGKILL for those still
-    alive after ``grace`` seconds (loader workers ignore SIGTERM); return how many were killed."""
+    alive after ``grace`` seconds (loader workers ignore SIGTERM); return how many were killed.
+
+    PyTorch's SIGCHLD handler, which raises when a worker dies by a signal, is reset first:
+    at exit that death is the point."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     children = [p for p in multiprocessing.active_children() if p.daemon]
     for process in children:
         process.terminate()
