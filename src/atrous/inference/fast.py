@@ -23,8 +23,9 @@ images of that size (the any-size graph measured 7% slower on R-101 at 512×512)
 ``backend="compile"`` (``torch.compile`` with frozen weights) is there for fp32/bf16: it is
 correct, but on the CPU it spends half a minute compiling per input size and gains less than
 ONNX Runtime for fp32. Each network is checked on ``example`` against the eager model: fp32 must
-agree within ``tolerance`` (max |Δlogit| over the logits' scale, 1e-4) or :class:`FastCheckError`
-is raised; bf16 and
+agree within ``tolerance`` (max |Δlogit| over the logits' scale: by default ten times the eager
+model's own fp32 rounding on the example, its distance from float64, and at least 1e-4;
+:func:`~atrous.export.onnx.rounding_tolerance`) or :class:`FastCheckError` is raised; bf16 and
 int8 agreement is recorded in ``network.report`` (their accuracy cost on a validation set is
 measured by ``benchmarks/miou.py``).
 """
@@ -50,13 +51,13 @@ from torchvision import tv_tensors
 
 from atrous.data.transforms import normalisation
 from atrous.export.onnx import (
-    RELATIVE_TOLERANCE,
     ExportCheckError,
     LogitAgreement,
     OnnxNetwork,
     compare_logits,
     export_onnx,
     require_agreement,
+    rounding_tolerance,
 )
 from atrous.models.config import input_channels
 from atrous.runtime.precision import autocast
@@ -83,6 +84,7 @@ class FastReport:
     example_size: tuple[int, int]
     agreement: LogitAgreement  # with the eager fp32 model on the example
     build_seconds: float
+    tolerance: float | None = None  # fp32: the share of the logits' scale it was held to
 
     @property
     def max_abs_diff(self) -> float:
@@ -314,7 +316,7 @@ def optimize_for_inference(
     precision: Precision = "fp32",
     backend: Backend = "auto",
     calibration: Sequence[np.ndarray | torch.Tensor] | None = None,
-    tolerance: float = RELATIVE_TOLERANCE,
+    tolerance: float | None = None,
     workdir: str | Path | None = None,
 ) -> FastNetwork:
     """The fastest correct way to run ``model`` (a DeepLab in any mode; it is not changed).
@@ -329,7 +331,8 @@ def optimize_for_inference(
         calibration: int8 only: a few of the user's images, (H, W, 3) uint8 RGB arrays or
             normalised tensors, from which activation ranges are set.
         tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted, as a share
-            of the logits' scale (:class:`~atrous.export.onnx.LogitAgreement`).
+            of the logits' scale; None: from the eager model's own fp32 rounding on the example
+            (:func:`~atrous.export.onnx.rounding_tolerance`: float64 on its device, TF32 too).
         workdir: onnxruntime only: keep the ONNX files here (``model.onnx``, ``model.int8.onnx``,
             ``model.<H>x<W>.onnx``) instead of a temporary folder; the first two are deployable like
             ``atrous export``'s, the third takes images of its size only.
@@ -352,13 +355,18 @@ def optimize_for_inference(
         module = folded if backend == "torch" else torch.compile(folded, options={"freezing": True})
         run = _TorchRunner(module, device, precision)
     agreement = compare_logits(run(batch), reference)
+    allowed = None
     if precision == "fp32":
+        allowed = tolerance
+        if allowed is None:
+            allowed = rounding_tolerance(model, batch, reference)
         try:
-            require_agreement(agreement, tolerance, f"the {backend} fp32 network")
+            require_agreement(agreement, allowed, f"the {backend} fp32 network")
         except ExportCheckError as error:
             raise FastCheckError(str(error)) from None
     size = tuple(batch.shape[-2:])
-    report = FastReport(backend, precision, size, agreement, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    report = FastReport(backend, precision, size, agreement, seconds, allowed)
     return FastNetwork(run, report, model.output_stride, model.align_corners)
 
 
@@ -391,7 +399,7 @@ def _onnxruntime(
     folded: nn.Module,
     precision: str,
     calibration: Sequence[np.ndarray | torch.Tensor],
-    tolerance: float,
+    tolerance: float | None,
     workdir: str | Path | None,
     size: tuple[int, int] | None,
 ) -> OnnxNetwork | _SizeDispatch:

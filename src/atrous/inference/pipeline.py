@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from atrous.data.io import DataError, read_image
 from atrous.inference.fast import normalise_images
-from atrous.runtime.preemption import ignore_stop_signals
+from atrous.runtime.workers import loader_workers, worker_errors
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,18 @@ def _unbatched(item: Any) -> Any:
 
 
 def decoded_items(dataset: Dataset, workers: int, prefetch: int = 2) -> Iterable[Any]:
-    """``dataset``'s items in order, produced by ``workers`` processes (0: in this process)."""
+    """``dataset``'s items in order, produced by ``workers`` processes (0: in this process); an
+    error in a worker is raised here with its own message (:mod:`atrous.runtime.workers`)."""
     if workers == 0:
         return (dataset[i] for i in range(len(dataset)))
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=None,
-        num_workers=workers,
         collate_fn=_unbatched,
         prefetch_factor=prefetch,
-        worker_init_fn=ignore_stop_signals,
+        **loader_workers(workers),
     )
+    return worker_errors(loader)
 
 
 def batches_by_size(

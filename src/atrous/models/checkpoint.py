@@ -7,6 +7,7 @@ not fit (:func:`load_weights`).
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -17,33 +18,86 @@ from typing import Any
 import torch
 from torch import nn
 
+from atrous.errors import AtrousError
+
+
+class CheckpointError(AtrousError, ValueError):
+    """A checkpoint that cannot be used: corrupt, unsafe, or of another model."""
+
+
+class CheckpointWriteError(AtrousError, OSError):
+    """A checkpoint could not be written (a full disk, no permission); the previous file is kept."""
+
+
+def _partial_prefix(path: Path) -> str:
+    """Name prefix of the temporary files :func:`save_checkpoint` writes beside ``path``."""
+    return f".{path.name}."
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: a crash leaves the previous file intact."""
+    """Write ``state`` to ``path`` atomically: a crash leaves the previous file intact, and a
+    failed write (a full disk) removes its temporary file and raises CheckpointWriteError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as file:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is kept" if path.is_file() else "nothing was written"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {error}; {kept}. Is the disk full? Free space in "
+            f"{path.parent} (or choose another --run.output_dir) and run the same command again"
+        ) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def sweep_partial_checkpoints(path: str | Path) -> list[Path]:
+    """Remove the temporary files a killed :func:`save_checkpoint` of ``path`` left beside it
+    (``.last.pt.XXXXXXXX``); return them. Call before a run writes ``path`` again."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    orphans = sorted(path.parent.glob(f"{_partial_prefix(path)}*"))
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: tensors and plain data only, never code."""
+    """Read a checkpoint with ``weights_only=True``: tensors and plain data only, never code.
+
+    A file that holds more than tensors and plain data is refused as unsafe; one that cannot be
+    read at all (truncated, overwritten) is reported as corrupt: both are CheckpointError.
+    """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as error:
-        raise ValueError(
-            f"cannot load checkpoint {path}: not a tensors-only checkpoint ({error})"
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise _corrupt(path, error) from None
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: it holds objects besides tensors and plain data, "
+            "and loading them would run code from the file; this is refused (tensors-only)"
         ) from None
+    except Exception as error:
+        raise _corrupt(path, error) from None
+
+
+def _corrupt(path: str | Path, error: BaseException) -> CheckpointError:
+    """The file is not a readable PyTorch checkpoint; the reason is torch's first sentence,
+    without its advice to load unsafely."""
+    reason = str(error).split(". ")[0].strip() or type(error).__name__
+    if "weights_only" in reason:
+        reason = "not a PyTorch zip checkpoint"
+    return CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason})")
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call
 
 from atrous.models.config import input_channels
+from atrous.runtime.precision import DESCRIBED_FLAGS, cpu_flags, cpu_has_native_bf16
 
 
 @dataclass
@@ -164,7 +165,7 @@ def describe_device(device: torch.device) -> str:
         if line.startswith("model name"):
             name = line.split(":", 1)[1].strip()
             break
-    features = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in info]
-    if features:
-        name += f" ({', '.join(features)})"
+    features = [f for f in DESCRIBED_FLAGS if f in cpu_flags()]
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    name += f" ({', '.join([*features, bf16])})"
     return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads"

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from atrous.errors import UsageError
+
+
+class DeviceError(UsageError, ValueError):
+    """A ``--device`` this machine does not have."""
+
 
 @dataclass(frozen=True)
 class DistributedEnv:
@@ -33,10 +39,29 @@ class DistributedEnv:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    """``"auto"`` → CUDA when available, else CPU; anything else as given, when this machine
+    has it (else DeviceError naming what it has)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(
+            f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(
+                f"--device {device}: no CUDA GPU is available here (no GPU, or PyTorch without "
+                "CUDA); use --device cpu (or auto)"
+            )
+        if target.index is not None and target.index >= count:
+            raise DeviceError(
+                f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                f"cuda:{count - 1}; choose one of them (or auto)"
+            )
+    return target
 
 
 def init_distributed(device: str = "auto") -> DistributedEnv:

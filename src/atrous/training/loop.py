@@ -53,19 +53,22 @@ from atrous.evaluation.plots import plot_curves
 from atrous.hub.published import backbone_weights_file, is_published, load_model
 from atrous.inference.pipeline import PipelineConfig
 from atrous.models.backbones.weights import load_backbone_weights
-from atrous.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from atrous.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    sweep_partial_checkpoints,
+)
+from atrous.models.config import ModelConfig
 from atrous.models.model import DeepLab, TrainingForward
 from atrous.models.profile import describe_device, measure_latency
 from atrous.models.summary import TrainingSummary
 from atrous.models.zoo import build_model
 from atrous.runtime.distributed import DistributedEnv, init_distributed, shutdown_distributed
 from atrous.runtime.precision import autocast
-from atrous.runtime.preemption import (
-    PREEMPTED_EXIT_CODE,
-    StopSignals,
-    agree_to_stop,
-    ignore_stop_signals,
-)
+from atrous.runtime.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop
+from atrous.runtime.workers import loader_workers, worker_errors
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 from atrous.training.losses import SegmentationLoss, build_loss
 
@@ -341,9 +344,19 @@ class TrainingState:
             "config": config.to_dict(),
         }
 
-    def restore(self, path: Path, device: torch.device) -> None:
-        """Continue from the checkpoint at ``path`` (read tensors-only)."""
-        state = load_checkpoint(path, device)
+    def restore(self, path: Path, device: torch.device, config: TrainConfig) -> None:
+        """Continue from the checkpoint at ``path`` (read tensors-only); a corrupt file or one
+        of another model configuration than ``config``'s is a CheckpointError saying what to do."""
+        try:
+            state = load_checkpoint(path, device)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}. {_fresh_start_advice(path)}") from None
+        differences = model_differences(state.get("config", {}).get("model", {}), config.model)
+        if differences:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with another model configuration "
+                f"({'; '.join(differences)}). {_fresh_start_advice(path)}"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -354,6 +367,31 @@ class TrainingState:
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
+
+
+def _fresh_start_advice(path: Path) -> str:
+    """What to do when ``last.pt`` cannot be resumed from."""
+    best = path.with_name("best.pt")
+    keep_best = f", or copy {best} over it to resume from there" if best.is_file() else ""
+    return (
+        f"To start afresh, pass --run.resume false (it overwrites {path.name}) or choose a new "
+        f"--run.output_dir{keep_best}"
+    )
+
+
+def model_differences(saved: dict[str, Any], model: ModelConfig) -> list[str]:
+    """The model settings a checkpoint's recorded configuration (``saved``, plain data) and
+    ``model`` disagree on, as "name: checkpoint X, now Y" (a checkpoint without one: none)."""
+    if not saved:
+        return []
+    with contextlib.suppress(TypeError, ValueError):  # else compare the raw values
+        saved = ModelConfig.from_dict(saved).to_dict()
+    current = model.to_dict()
+    return [
+        f"model.{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
 
 
 @dataclass
@@ -409,10 +447,14 @@ def _describe(run: Training) -> str:
 
 
 def _prepare_output(config: TrainConfig, env: DistributedEnv, fresh: bool) -> RunLog:
-    """Rank 0: the output folder, a fresh run's logs cleared, the resolved ``config.yaml``."""
+    """Rank 0: the output folder, a fresh run's logs cleared, temporary checkpoint files of a
+    killed write removed, the resolved ``config.yaml``."""
     output_dir = Path(config.run.output_dir)
     if env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt"):
+            for orphan in sweep_partial_checkpoints(output_dir / name):
+                print(f"removed {orphan}, a partial {name} left by an interrupted write")
         if fresh:  # drop the logs of any earlier run
             (output_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
@@ -451,7 +493,7 @@ def _start(config: TrainConfig, env: DistributedEnv) -> Training:
     model, net = prepare_model(config, env, resuming)
     state = TrainingState.create(model, config, env.device)
     if resuming:
-        state.restore(last_path, env.device)
+        state.restore(last_path, env.device, config)
     log = _prepare_output(config, env, fresh=state.iteration == 0)
     run = Training(config, env, train_set, val_set, micro, net, loss, state, log)
     _announce(run)
@@ -493,10 +535,9 @@ def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tenso
         samples,
         batch_size=run.micro,
         sampler=sampler,
-        num_workers=data.workers,
         pin_memory=env.device.type == "cuda",
         drop_last=True,
-        worker_init_fn=ignore_stop_signals if data.workers else None,
+        **loader_workers(data.workers),
         persistent_workers=data.workers > 0,
         prefetch_factor=4 if data.workers else None,
         # Its own generator: creating an iterator must not draw from the global RNG, whose
@@ -508,7 +549,9 @@ def _training_batches(run: Training) -> Iterator[tuple[torch.Tensor, torch.Tenso
         epoch, step = divmod(run.state.iteration, steps_per_epoch)
         while True:
             sampler.set_position(epoch, step * accumulate)
-            yield from itertools.islice(loader, (steps_per_epoch - step) * accumulate)
+            yield from worker_errors(
+                itertools.islice(loader, (steps_per_epoch - step) * accumulate)
+            )
             epoch, step = epoch + 1, 0
 
     return batches()
