@@ -87,18 +87,18 @@ def check_url(url: str) -> None:
     raise DownloadError(f"refusing to download {url}: only https URLs are used")
 
 
-def verify(path: Path, size: int | None, sha256: str | None) -> str:
-    """``path``'s SHA-256, after checking it against the pinned size and SHA-256 (or prefix)."""
+def verify(path: Path, size: int | None, sha256: str | None, name: str | None = None) -> str:
+    """``path``'s SHA-256, after checking it against the pinned size and SHA-256 (or the prefix
+    in a file's name); errors call the file ``name`` (default: its own)."""
+    name = name or path.name
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
-        raise ChecksumError(
-            f"{path.name}: expected {size:,} bytes, got {actual_size:,}; kept as {path}"
-        )
+        raise ChecksumError(f"{name}: expected {size:,} bytes, got {actual_size:,}; kept as {path}")
     digest = sha256_of(path)
     if sha256 is not None and not digest.startswith(sha256.lower()):
         raise ChecksumError(
-            f"{path.name}: expected SHA-256 {sha256}, got {digest}: the file is damaged or not "
-            f"the published one; kept as {path} (delete it to download again)"
+            f"{name}: expected SHA-256 {sha256}, got {digest}: the file is damaged or not the "
+            f"published one; kept as {path} for inspection (the next try downloads it afresh)"
         )
     return digest
 
@@ -120,9 +120,10 @@ def _resumes(response, start: int) -> bool:
 
 
 def _read(response) -> bytes:
-    """The next block of the body; b"" when it ends early (closed, stalled, cut short)."""
+    """The bytes that have arrived (up to a block); b"" when the body ends or stops early
+    (closed, stalled, cut short)."""
     try:
-        return response.read(CHUNK)
+        return response.read1(CHUNK)
     except (TimeoutError, ConnectionError, HTTPException):
         return b""
 
@@ -184,8 +185,11 @@ def download_file(
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     if target.is_file():
-        verify(target, size, sha256)
-        return target
+        try:
+            verify(target, size, sha256)
+            return target
+        except ChecksumError:
+            target.unlink()  # damaged in the cache: download it again
     if part.exists() and size is not None and part.stat().st_size >= size:
         part.unlink()  # a whole file kept after a failed check: download it afresh
     received, total = 0, None
@@ -203,7 +207,7 @@ def download_file(
             f"{target.name}: the download from {url} stopped at {received:,} of {total:,} bytes "
             f"{attempts} times; the partial file is kept as {part} and the next try resumes it"
         )
-    verify(part, size if size is not None else total, sha256)
+    verify(part, size if size is not None else total, sha256, target.name)
     os.replace(part, target)
     return target
 

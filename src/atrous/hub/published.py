@@ -89,7 +89,7 @@ def _from_hugging_face(entry: Published, folder: Path) -> dict[str, Any]:
     """config.json and the weights (safetensors, else ``pytorch_model.bin`` read tensors-only)
     through huggingface_hub's cache, then the transformers converter."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError
 
     try:
         weights = Path(hf_hub_download(entry.file, "model.safetensors"))
