@@ -53,6 +53,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         data, mode = server.files[name], server.modes.get(name, set())
         start = int(asked[6:-1]) if asked and "ignore_range" not in mode else 0
+        if start >= len(data):
+            server.log.append((name, asked, 416))
+            self.send_error(416)
+            return
         status = 206 if start else 200
         server.log.append((name, asked, status))
         self.send_response(status)
@@ -114,8 +118,9 @@ def test_a_wrong_hash_names_the_file_both_digests_and_keeps_the_part(server, tmp
         download_file(server.url("w.bin"), tmp_path / "w.bin", len(DATA), wrong, False)
     assert f"w.bin: expected SHA-256 {wrong}, got {DIGEST}" in str(error.value)
     assert (tmp_path / "w.bin.part").read_bytes() == DATA and not (tmp_path / "w.bin").exists()
-    target = download_file(server.url("w.bin"), tmp_path / "w.bin", len(DATA), DIGEST, False)
+    target = download_file(server.url("w.bin"), tmp_path / "w.bin", None, DIGEST, False)
     assert target.read_bytes() == DATA  # the next try starts afresh, not from the bad part
+    assert [status for *_, status in server.log] == [200, 416, 200]
 
 
 def test_a_size_other_than_the_pinned_one_is_refused_before_downloading(server, tmp_path):

@@ -113,10 +113,14 @@ def _open(url: str, start: int):
     return urlopen(Request(url, headers=headers), timeout=_timeout())
 
 
-def _resumes(response, start: int) -> bool:
-    """Whether ``response`` continues at byte ``start`` (206 with a matching Content-Range)."""
-    content_range = response.headers.get("Content-Range", "")
-    return response.status == 206 and content_range.startswith(f"bytes {start}-")
+def _resumed_at(response, url: str, start: int) -> int:
+    """Where ``response`` to a Range request for byte ``start`` begins: ``start`` (206), or 0
+    when the server ignored the Range and sends the whole file (200)."""
+    if response.status != 206:
+        return 0
+    if not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+        raise DownloadError(f"cannot download {url}: asked from byte {start}, sent another range")
+    return start
 
 
 def _read(response) -> bytes:
@@ -151,13 +155,12 @@ def _attempt(url: str, part: Path, size: int | None, progress: bool) -> int | No
     try:
         response = _open(url, start)
     except HTTPError as error:
-        if error.code == 416 and start:  # the partial file is already whole (or too long)
+        if error.code == 416 and start:  # the partial file is already whole: start afresh
             part.unlink()
-            return size
+            return _attempt(url, part, size, progress)
         raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
     with response:
-        if start and not _resumes(response, start):
-            start = 0  # the server ignored the Range request: start again
+        start = _resumed_at(response, url, start) if start else 0
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else size
         if size is not None and total is not None and total != size:
