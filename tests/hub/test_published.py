@@ -184,4 +184,5 @@ def test_refused_checkpoints_say_why(capsys):
     with pytest.raises(ValueError, match="Dense Prediction Cell"):
         get_published("tf:xception71_dpc_cityscapes_trainval")
     assert main(["predict", "x.jpg", "--model", "tf:mobilenetv3_large_cityscapes_trainfine"]) != 0
-    assert "MobileNetV3" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "MobileNetV3" in printed.out + printed.err
