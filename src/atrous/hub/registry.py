@@ -106,7 +106,7 @@ class Published:
 
 REGISTRY: dict[str, Published] = {}
 #: Official checkpoints atrous does not build, and why (``get_published`` says so).
-REFUSED: dict[str, str] = {}
+REFUSED: dict[str, Refused] = {}
 
 
 def register(entry: Published) -> Published:
@@ -193,21 +193,38 @@ def _register_tf_zoo() -> None:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An official checkpoint atrous does not build: what is missing, and why."""
+
+    name: str
+    file: str  # the publisher's file, for reference
+    missing: str  # a few words for the table: "DPC head"
+    reason: str
+    size_mb: float | None = None
+
+
 def _refuse_tf_zoo() -> None:
     """model_zoo.md checkpoints whose networks atrous does not implement."""
     dpc = "its head is a Dense Prediction Cell (DPC), which atrous does not implement"
     v3 = "its MobileNetV3 backbone (squeeze-excite, hard-swish) is not implemented in atrous"
     edge = "its EdgeTPU-MobileNet backbone (found by NAS) is not implemented in atrous"
-    REFUSED.update(
-        {
-            "tf:xception71_dpc_cityscapes_trainfine": dpc,  # 80.31% Cityscapes val, OS16
-            "tf:xception71_dpc_cityscapes_trainval": dpc,  # 82.66% Cityscapes test
-            "tf:mobilenetv3_large_cityscapes_trainfine": v3,
-            "tf:mobilenetv3_small_cityscapes_trainfine": v3,
-            "tf:edgetpu_deeplab_cityscapes": edge,
-            "tf:edgetpu_deeplab_slim_cityscapes": edge,
-        }
-    )
+    refused = [
+        # 80.31% Cityscapes val (OS16) and 82.66% Cityscapes test (OS8, 0.75–2, flip)
+        ("xception71_dpc_cityscapes_trainfine",
+         "deeplab_cityscapes_xception71_trainfine_2018_09_08", "DPC head", dpc, 445),
+        ("xception71_dpc_cityscapes_trainval",
+         "deeplab_cityscapes_xception71_trainvalfine_2018_09_08", "DPC head", dpc, 446),
+        ("mobilenetv3_large_cityscapes_trainfine",
+         "deeplab_mnv3_large_cityscapes_trainfine_2019_11_15", "MobileNetV3", v3, 17),
+        ("mobilenetv3_small_cityscapes_trainfine",
+         "deeplab_mnv3_small_cityscapes_trainfine_2019_11_15", "MobileNetV3", v3, 5),
+        ("edgetpu_deeplab_cityscapes", "edgetpu-deeplab_2020_03_09", "EdgeTPU net", edge, None),
+        ("edgetpu_deeplab_slim_cityscapes", "edgetpu-deeplab-slim_2020_03_09", "EdgeTPU net",
+         edge, None),
+    ]  # fmt: skip
+    for name, tarball, missing, reason, size_mb in refused:
+        REFUSED[f"tf:{name}"] = Refused(f"tf:{name}", f"{tarball}.tar.gz", missing, reason, size_mb)
 
 
 def _register_torchvision() -> None:
@@ -289,7 +306,8 @@ def is_published(source: object) -> bool:
 def get_published(name: str) -> Published:
     """The registry entry called ``name``; a clear error for refused or unknown names."""
     if name in REFUSED:
-        raise ValueError(f"{name} is an official checkpoint atrous cannot build: {REFUSED[name]}")
+        reason = REFUSED[name].reason
+        raise ValueError(f"{name} is an official checkpoint atrous cannot build: {reason}")
     if name not in REGISTRY:
         raise ValueError(
             f"unknown published checkpoint {name!r}; `atrous models --pretrained` lists them: "
@@ -310,16 +328,24 @@ def published_table(entries: Sequence[Published] | None = None) -> list[dict[str
     """One row per checkpoint, for ``atrous models --pretrained``: three columns that fit 80
     characters with the longest name whole. Each figure names its split (test-set figures read
     "test", torchvision's COCO ones "COCO") and its short protocol; ``atrous evaluate`` prints
-    the full protocol."""
+    the full protocol. The official checkpoints atrous does not build close the list, with
+    what they lack."""
     rows = []
     for entry in entries or [REGISTRY[name] for name in list_published()]:
         figures = "\n".join(_figure(s) for s in entry.scores)
-        size = f"{entry.size_mb:.3g} MB" if entry.size_mb else "—"
         rows.append(
             {
                 "name": entry.name,
                 "published mIoU": figures or ("—" if entry.dataset else "(backbone)"),
-                "size": size + ("\ncached" if is_cached(entry.name) else ""),
+                "size": _size(entry.size_mb) + ("\ncached" if is_cached(entry.name) else ""),
             }
         )
+    if entries is None:
+        for refused in REFUSED.values():
+            row = [refused.name, f"not built: {refused.missing}", _size(refused.size_mb)]
+            rows.append(dict(zip(("name", "published mIoU", "size"), row, strict=True)))
     return rows
+
+
+def _size(size_mb: float | None) -> str:
+    return f"{size_mb:.3g} MB" if size_mb else "—"
