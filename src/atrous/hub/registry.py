@@ -119,13 +119,22 @@ def register(entry: Published) -> Published:
     return entry
 
 
-def _tf(output_stride: int, scales: tuple[float, ...], split: str, canvas, resize=None):
-    """A score of the official eval (``eval.py``: every image padded to ``canvas``)."""
+def _tf(
+    output_stride: int,
+    scales: tuple[float, ...],
+    split: str,
+    canvas: tuple[int, int],
+    resize: str | None = None,
+) -> tuple[Protocol, str]:
+    """A protocol of the official eval (``eval.py``: every image padded to ``canvas``, flip
+    with several scales), and the split it was measured on."""
     protocol = Protocol(output_stride, scales, len(scales) > 1, canvas, resize)
     return protocol, split
 
 
-def _scores(miou_and_protocols) -> tuple[PublishedScore, ...]:
+def _scores(
+    miou_and_protocols: list[tuple[float, tuple[Protocol, str]]],
+) -> tuple[PublishedScore, ...]:
     return tuple(PublishedScore(m, split, p) for m, (p, split) in miou_and_protocols)
 
 
