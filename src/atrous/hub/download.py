@@ -168,8 +168,14 @@ def _attempt(url: str, part: Path, size: int | None, progress: bool) -> int | No
                 f"{url} offers {total:,} bytes; its publisher pins {size:,}: not the published "
                 "file (a changed file or a wrong mirror)"
             )
-        with part.open("ab" if start else "wb") as out:
-            _copy(response, out, progress, total, start)  # short: the caller resumes
+        try:
+            with part.open("ab" if start else "wb") as out:
+                _copy(response, out, progress, total, start)  # short: the caller resumes
+        except OSError as error:  # a full disk, a read-only cache
+            raise DownloadError(
+                f"cannot write {part}: {error.strerror or error}; free space there (ATROUS_CACHE "
+                "moves atrous's cache; what arrived is kept and resumed next time)"
+            ) from None
     return total
 
 
