@@ -1,6 +1,7 @@
 """atrous: DeepLabV3+ semantic segmentation, faithful to the paper (Chen et al., ECCV 2018)."""
 
-from atrous.hub.published import list_published, load_model
+from atrous.hub.published import load_model
+from atrous.hub.registry import list_published
 from atrous.inference.fast import FastNetwork, optimize_for_inference
 from atrous.models.backbones import (
     BACKBONES,

@@ -45,13 +45,8 @@ from atrous.evaluation.evaluate import Evaluation, scores_to_dict
 from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from atrous.evaluation.plots import plot_confusion
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
-from atrous.hub.published import (
-    PublishedScore,
-    get_published,
-    is_published,
-    published_table,
-    resolve_source,
-)
+from atrous.hub.published import resolve_source
+from atrous.hub.registry import PublishedScore, get_published, is_published, published_table
 from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from huggingface_hub import hf_hub_download
+from huggingface_hub.utils import EntryNotFoundError
 
 from atrous.convert.torch_models import image_pool_last, rename
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
@@ -71,7 +72,10 @@ def _read(source: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Te
         )
     else:
         config_file = Path(hf_hub_download(str(source), "config.json"))
-        weights = Path(hf_hub_download(str(source), "model.safetensors"))
+        try:
+            weights = Path(hf_hub_download(str(source), "model.safetensors"))
+        except EntryNotFoundError:  # an older repo: its pickle, read tensors-only
+            weights = Path(hf_hub_download(str(source), "pytorch_model.bin"))
     settings = json.loads(config_file.read_text())
     if settings.get("model_type") != "mobilenet_v2" or "MobileNetV2ForSemanticSegmentation" not in (
         settings.get("architectures") or []

@@ -50,7 +50,8 @@ from atrous.data.sampler import AugmentedSamples, EpochSampler
 from atrous.evaluation.evaluate import evaluate_dataset
 from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.plots import plot_curves
-from atrous.hub.published import backbone_weights_file, is_published, load_model
+from atrous.hub.published import backbone_weights_file, load_model
+from atrous.hub.registry import is_published
 from atrous.inference.pipeline import PipelineConfig
 from atrous.models.backbones.weights import load_backbone_weights
 from atrous.models.checkpoint import (
