@@ -6,7 +6,8 @@ outside this repository (tensorflow-cpu 2.21 in graph mode through ``tensorflow.
 tf-slim 1.1, tf-keras 2.21), built each variant with the official flags, set every variable by
 :func:`official_weights` below, and ran one seeded random image through it in inference mode.
 Committed are only the variable names and shapes, the settings, the image and the outputs. These
-tests regenerate the weights by the same rule, write a real TF checkpoint, convert it with
+tests regenerate the weights by the same rule, write a TF checkpoint (numpy's bundle writer
+in ``helpers``; TensorFlow itself is not needed), convert it with
 ``atrous convert --kind tf`` and compare with the official outputs (≤ 1e-4 of their scale).
 """
 
@@ -22,8 +23,6 @@ from atrous.convert.tf import from_tf_checkpoint, from_tf_variables
 from atrous.hub.published import load_model
 from atrous.models.backbones import build_backbone
 from atrous.models.backbones.weights import load_backbone_weights
-
-tf = pytest.importorskip("tensorflow", reason="the TF checkpoint tests need atrous[tf]")
 
 FIXTURES = TF_FIXTURES
 RELATIVE = 1e-4
