@@ -47,7 +47,7 @@ def official_channels(width: float, divisible_by: int = 8, min_depth: int = 8) -
     return channels
 
 
-def _official_features(width: float, divisible_by: int, min_depth: int) -> nn.Sequential:
+def official_features(width: float, divisible_by: int, min_depth: int) -> nn.Sequential:
     """Layers 0–17 in slim's rounding, with torchvision's modules (so the same state names)."""
     channels = official_channels(width, divisible_by, min_depth)
     layers: list[nn.Module] = [
@@ -106,7 +106,7 @@ class MobileNetV2(Backbone):
         if (divisible_by, min_depth) == (8, 8):
             self.features = mobilenet_v2(width_mult=width_multiplier).features[:18]
         else:
-            self.features = _official_features(width_multiplier, divisible_by, min_depth)
+            self.features = official_features(width_multiplier, divisible_by, min_depth)
         if in_channels != 3:
             self.features[0][0] = _with_input_channels(self.features[0][0], in_channels)
         tap_unit = self.features[TAP_INDEX]
