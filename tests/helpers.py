@@ -6,11 +6,13 @@ one test file never spreads to another through an import.
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 import zlib
 from pathlib import Path
 
+import google_crc32c
 import huggingface_hub.constants
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from atrous.convert.tf_checkpoint import DTYPES, TABLE_MAGIC, mask_crc, masked_crc32c
 from atrous.data import DataConfig
 from atrous.data.palettes import VOC_PALETTE
 from atrous.data.visualize import palette_image
@@ -26,6 +29,11 @@ from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TF_FIXTURES = FIXTURES / "tf_deeplab"
+#: Real official weights and photos (``../shared/real`` beside the checkout, or
+#: ``$ATROUS_REAL_DATA``); tests that use them skip when it is absent.
+REAL_DATA = Path(
+    os.environ.get("ATROUS_REAL_DATA") or Path(__file__).resolve().parents[1].parent / "shared/real"
+)
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> None:
@@ -151,16 +159,73 @@ def wait_for_steps(output_dir: Path, steps: int, timeout: float = 120) -> None:
         time.sleep(0.01)
 
 
+def _proto_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _proto(fields: list[tuple[int, int | bytes]]) -> bytes:
+    """A protobuf message from (field number, value): ints as varints, bytes length-delimited."""
+    out = bytearray()
+    for number, value in fields:
+        if isinstance(value, bytes):
+            out += _proto_varint(number << 3 | 2) + _proto_varint(len(value)) + value
+        else:
+            out += _proto_varint(number << 3) + _proto_varint(value)
+    return bytes(out)
+
+
+def _table_block(entries: list[tuple[bytes, bytes]]) -> bytes:
+    """A LevelDB table block with a restart point at every entry (no shared key prefixes)."""
+    out, restarts = bytearray(), []
+    for key, value in entries:
+        restarts.append(len(out))
+        out += _proto_varint(0) + _proto_varint(len(key)) + _proto_varint(len(value)) + key + value
+    restarts = restarts or [0]
+    for restart in [*restarts, len(restarts)]:
+        out += restart.to_bytes(4, "little")
+    return bytes(out)
+
+
+def _write_table(path: Path, entries: list[tuple[bytes, bytes]]) -> None:
+    """A LevelDB table (TF's checkpoint ``.index``): one data, one meta, one index block."""
+    blob = bytearray()
+
+    def add_block(block: bytes) -> bytes:
+        handle = _proto_varint(len(blob)) + _proto_varint(len(block))
+        trailer = block + b"\0"
+        blob.extend(trailer + masked_crc32c(trailer).to_bytes(4, "little"))
+        return handle
+
+    data = add_block(_table_block(entries))
+    meta = add_block(_table_block([]))
+    index = add_block(_table_block([(entries[-1][0], data)]))
+    footer = (meta + index).ljust(40, b"\0") + TABLE_MAGIC.to_bytes(8, "little")
+    path.write_bytes(bytes(blob) + footer)
+
+
 def write_checkpoint(variables: dict[str, np.ndarray], prefix: Path) -> Path:
-    """A TF checkpoint (``prefix.index`` + data) holding exactly ``variables``; needs TensorFlow,
-    so a test that calls it skips where TensorFlow is absent."""
-    tf = pytest.importorskip("tensorflow", reason="writing a TF checkpoint needs atrous[tf]")
+    """A TF V2 checkpoint (``prefix.index`` + one data shard) holding exactly ``variables``,
+    written with numpy alone in TensorFlow's tensor-bundle format (numeric dtypes only)."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    names = sorted(variables)
-    tf.raw_ops.SaveV2(
-        prefix=str(prefix),
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[variables[n] for n in names],
-    )
+    codes = {dtype.str.replace(">", "<"): code for code, dtype in DTYPES.items()}
+    data, entries = bytearray(), []
+    for name in sorted(variables):
+        array = np.asarray(variables[name])
+        raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        shape = _proto([(2, _proto([(1, size)])) for size in array.shape])
+        entry = [(1, codes[array.dtype.newbyteorder("<").str]), (2, shape)]
+        entry += [(4, len(data)), (5, len(raw))]
+        crc = (6 << 3 | 5).to_bytes(1, "little") + mask_crc(google_crc32c.value(raw)).to_bytes(
+            4, "little"
+        )
+        entries.append((name.encode(), _proto(entry) + crc))
+        data += raw
+    header = _proto([(1, 1), (3, _proto([(1, 1)]))])  # one shard; VersionDef producer 1
+    _write_table(Path(f"{prefix}.index"), [(b"", header), *entries])
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
     return prefix

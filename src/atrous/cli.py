@@ -563,8 +563,8 @@ def convert_weights(
             save_pretrained, or a weights file; transformers: a MobileNetV2ForSemanticSegmentation
             folder or Hub repo id (google/deeplabv3_mobilenet_v2_1.0_513); mmseg: a DeepLabV3+
             R-50/101-D8 checkpoint (.pth, read tensors-only); tf: a model-zoo
-            .tar.gz, the folder it extracts to, or a checkpoint prefix (needs pip install
-            'atrous[tf]'); checkpoint: an atrous best.pt.
+            .tar.gz, the folder it extracts to, or a checkpoint prefix (read without
+            TensorFlow); checkpoint: an atrous best.pt.
         kind: the library the source comes from.
         output: folder to write the model to (for a TF ImageNet checkpoint: backbone.safetensors
             in it, for --run.backbone_weights).

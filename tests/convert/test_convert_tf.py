@@ -6,7 +6,8 @@ outside this repository (tensorflow-cpu 2.21 in graph mode through ``tensorflow.
 tf-slim 1.1, tf-keras 2.21), built each variant with the official flags, set every variable by
 :func:`official_weights` below, and ran one seeded random image through it in inference mode.
 Committed are only the variable names and shapes, the settings, the image and the outputs. These
-tests regenerate the weights by the same rule, write a real TF checkpoint, convert it with
+tests regenerate the weights by the same rule, write a TF checkpoint (numpy's bundle writer
+in ``helpers``; TensorFlow itself is not needed), convert it with
 ``atrous convert --kind tf`` and compare with the official outputs (≤ 1e-4 of their scale).
 """
 
@@ -15,7 +16,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from helpers import TF_FIXTURES, load_fixture, write_checkpoint
+from helpers import TF_FIXTURES, load_fixture, official_weights, write_checkpoint
 
 from atrous.cli import main
 from atrous.convert.tf import from_tf_checkpoint, from_tf_variables
@@ -121,3 +122,49 @@ def test_a_checkpoint_that_does_not_fit_names_the_variables():
     assert "1 with no counterpart in atrous: extra/branch/weights" in str(error.value)
     with pytest.raises(ValueError, match=r"backbone \(ImageNet\) checkpoint"):
         from_tf_variables({k: v for k, v in variables.items() if not k.startswith("logits")})
+
+
+def depth_05_variables() -> dict[str, np.ndarray]:
+    """The MobileNetV2 fixture's variables at the official depth 0.5 (``divisible_by=1``): every
+    backbone channel count halves (16/8/12/16/32/48/80/160, expansions 6× of those)."""
+    spec, _, _ = load_fixture("mobilenetv2_deeplabv3")
+    variables = {}
+    for name, shape in spec["variables"]:
+        if name.startswith("MobilenetV2/"):  # kernel sizes, RGB and multipliers are ≤ 3
+            shape = [size // 2 if size > 3 else size for size in shape]
+        elif name in ("aspp0/weights", "image_pooling/weights"):
+            shape = [1, 1, shape[2] // 2, shape[3]]
+        variables[name] = official_weights(name, shape, 1.0)
+    return variables
+
+
+def test_a_depth_05_checkpoint_converts_unpatched_with_the_official_rounding(tmp_path, capsys):
+    variables = depth_05_variables()
+    assert variables["MobilenetV2/expanded_conv_1/project/weights"].shape == (1, 1, 48, 12)
+    prefix = write_checkpoint(variables, tmp_path / "ckpt" / "model.ckpt")
+    command = ["convert", "--kind", "tf", "--source", str(prefix), "--output", str(tmp_path / "m")]
+    assert main(command) == 0
+    assert f"{len(variables)} variables converted" in capsys.readouterr().out
+    model = load_model(tmp_path / "m")
+    config = model.config
+    assert (config.width_multiplier, config.divisible_by, config.min_depth) == (0.5, 1, 1)
+    assert model.backbone.out_channels == {"low": 72, "high": 160, "aux": 48}
+    kernel = model.state_dict()["backbone.features.2.conv.0.0.weight"]  # expanded_conv_1/expand
+    expected = variables["MobilenetV2/expanded_conv_1/expand/weights"].transpose(3, 2, 0, 1)
+    assert torch.equal(kernel, torch.from_numpy(expected))
+
+
+def test_unsupported_official_variants_are_refused_naming_what_is_missing():
+    variables = depth_05_variables()
+    cases = {
+        "dense_prediction_cell/branch0/weights": "the dense prediction cell",
+        "MobilenetV3/Conv/weights": "a MobileNetV3 backbone",
+        "MobilenetEdgeTPU/Conv/weights": "a MobileNet-EdgeTPU backbone",
+    }
+    for name, what in cases.items():
+        with pytest.raises(ValueError, match=f"needs {what}.*atrous does not have.*{name}"):
+            from_tf_variables(variables | {name: np.zeros(1, dtype=np.float32)})
+    odd = dict(variables)
+    odd["MobilenetV2/expanded_conv_1/project/weights"] = np.zeros((1, 1, 48, 13), np.float32)
+    with pytest.raises(ValueError, match=r"channels 16/8/13/12/.* fit no width multiplier"):
+        from_tf_variables(odd)

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from atrous.convert.tf_checkpoint import read_tf_checkpoint
 from atrous.convert.torch_models import image_pool_last
 from atrous.data import DataConfig, dataset_labels
+from atrous.models.backbones.mobilenet import make_divisible, official_channels
 from atrous.models.checkpoint import load_weights
 from atrous.models.config import ModelConfig
 from atrous.models.model import DeepLab, build_model
@@ -53,6 +54,16 @@ BACKBONE_SCOPES = {
     "resnet_v1_101": "resnet101_beta",
     "MobilenetV2": "mobilenetv2",
 }
+#: Official variants atrous cannot build: a variable-name pattern → what atrous lacks for it.
+UNSUPPORTED = (
+    (r"^MobilenetV3", "a MobileNetV3 backbone (and its LR-ASPP head)"),
+    (r"^MobilenetEdgeTPU", "a MobileNet-EdgeTPU backbone"),
+    (r"^dense_prediction_cell/", "the dense prediction cell (DPC) head"),
+    (r"^(cell_\d+|.*nasnet)/", "a NAS backbone (PNASNet, Auto-DeepLab/HNASNet)"),
+)
+#: MobileNetV2 channel roundings (divisible_by, min_depth) tried on a checkpoint's shapes:
+#: torchvision's and the official at depth 1.0, then the official at any other depth.
+MOBILENET_ROUNDINGS = ((8, 8), (1, 1))
 #: The official preprocessing: pixels on [0, 1] to [-1, 1].
 TF_MEAN, TF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 #: BN epsilon of the official MobileNetV2 (slim's mobilenet training scope).
@@ -197,7 +208,52 @@ def model_variables(model: DeepLab, scope: str) -> Sources:
     return out
 
 
+def _refuse_unsupported(names: Mapping[str, object]) -> None:
+    for pattern, what in UNSUPPORTED:
+        hit = next((name for name in names if re.search(pattern, name)), None)
+        if hit is not None:
+            raise ValueError(
+                f"this checkpoint needs {what}, which atrous does not have (variable {hit}); "
+                f"supported: DeepLabV3/V3+ with ASPP on {', '.join(BACKBONE_SCOPES)}"
+            )
+
+
+def _mobilenet_channels(variables: Mapping[str, np.ndarray], scope: str) -> list[int]:
+    """The stem's and the 17 units' output channels, read from the checkpoint's kernels."""
+    units = [f"{scope}/expanded_conv" + (f"_{i}" if i else "") for i in range(17)]
+    names = [f"{scope}/Conv/weights", *(f"{unit}/project/weights" for unit in units)]
+    missing = [name for name in names if name not in variables]
+    if missing:
+        raise ValueError(f"not the official MobileNetV2 layout: no {', '.join(missing[:3])}")
+    return [int(variables[name].shape[-1]) for name in names]
+
+
+def mobilenet_options(variables: Mapping[str, np.ndarray], scope: str) -> dict[str, object]:
+    """The width multiplier and channel rounding that give exactly the checkpoint's channels
+    (its expansions included), as ModelConfig fields."""
+    channels = _mobilenet_channels(variables, scope)
+    width = channels[-1] / 320
+    for divisible_by, min_depth in MOBILENET_ROUNDINGS:
+        if official_channels(width, divisible_by, min_depth) != channels:
+            continue
+        expansions = [
+            (variables[f"{scope}/expanded_conv_{i}/expand/weights"].shape[-1], channels[i])
+            for i in range(1, 17)
+        ]
+        if all(hidden == make_divisible(6 * inp, 8, 8) for hidden, inp in expansions):
+            return {"width_multiplier": width, "divisible_by": divisible_by, "min_depth": min_depth}
+    raise ValueError(
+        f"MobileNetV2 channels {'/'.join(map(str, channels))} fit no width multiplier with "
+        "slim's channel rounding (divisible_by 8 or 1); atrous cannot build this network"
+    )
+
+
+def _backbone_options(variables: Mapping[str, np.ndarray], scope: str) -> dict[str, object]:
+    return mobilenet_options(variables, scope) if scope == "MobilenetV2" else {}
+
+
 def _backbone_scope(names: Mapping[str, object]) -> str:
+    _refuse_unsupported(names)
     scopes = sorted({name.split("/")[0] for name in names} & BACKBONE_SCOPES.keys())
     if len(scopes) != 1:
         found = ", ".join(scopes) or "none"
@@ -232,9 +288,9 @@ def config_from_variables(
         for i in range(4)
         for suffix in ("/weights", "_pointwise/weights")
     )
-    backbone = BACKBONE_SCOPES[_backbone_scope(variables)]
+    scope = _backbone_scope(variables)
     return ModelConfig(
-        backbone=backbone,
+        backbone=BACKBONE_SCOPES[scope],
         decoder="decoder/feature_projection0/weights" in variables,
         num_classes=int(variables["logits/semantic/weights"].shape[-1]),
         separable=_separable(variables),
@@ -243,6 +299,7 @@ def config_from_variables(
         decoder_convs=decoder_convs or 2,
         input_mean=TF_MEAN,  # every official backbone here scales pixels to [-1, 1]
         input_std=TF_STD,
+        **_backbone_options(variables, scope),
     )
 
 
@@ -316,7 +373,8 @@ def tf_backbone_state(variables: Mapping[str, np.ndarray]) -> tuple[str, dict, T
     scope = _backbone_scope(variables)
     name = BACKBONE_SCOPES[scope]
     with torch.device("meta"):
-        model = build_model(ModelConfig(backbone=name, num_classes=1))
+        config = ModelConfig(backbone=name, num_classes=1, **_backbone_options(variables, scope))
+        model = build_model(config)
     wanted = {
         key.removeprefix("backbone."): v for key, v in backbone_variables(model, scope).items()
     }

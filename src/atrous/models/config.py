@@ -41,6 +41,8 @@ class ModelConfig:
     decoder_convs: int = 2  # number of decoder 3×3 convs (Table 2)
     multi_grid: tuple[int, ...] | None = None  # last-block rate factors; None: backbone default
     width_multiplier: float = 1.0  # MobileNetV2 channel multiplier
+    divisible_by: int = 8  # MobileNetV2 channels: multiples of this (official DeepLab below 1.0: 1)
+    min_depth: int = 8  # MobileNetV2 channels: at least this many (official below 1.0: 1)
     post_aspp_convs: int = 0  # 3×3 conv-BN-ReLU layers after ASPP (torchvision, smp: 1; paper: 0)
     separable_depthwise_bn: bool = True  # BN+ReLU between depthwise and pointwise (smp: none)
     align_corners: bool = True  # bilinear resizes align corners (official; torchvision: False)

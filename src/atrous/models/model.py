@@ -192,6 +192,8 @@ def _backbone(config: ModelConfig) -> Backbone:
         width_multiplier=config.width_multiplier,
         dilate_removed_stride_units=config.dilate_removed_stride_units,
         in_channels=config.in_channels,
+        divisible_by=config.divisible_by,
+        min_depth=config.min_depth,
     )
     if config.tf_padding:
         use_tf_same_padding(backbone)

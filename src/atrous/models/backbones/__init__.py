@@ -22,8 +22,9 @@ SYMMETRIC_STD = (0.5, 0.5, 0.5)
 class BackboneSpec:
     """How to build a backbone and how its input is normalised (on [0, 1] RGB).
 
-    ``build(output_stride, multi_grid, width_multiplier, in_channels)``; :func:`build_backbone`
-    checks that the options apply before calling it.
+    ``build(output_stride, multi_grid, width_multiplier, in_channels, rounding)`` (``rounding``:
+    MobileNetV2's ``(divisible_by, min_depth)``); :func:`build_backbone` checks that the options
+    apply before calling it.
     """
 
     build: Callable[..., Backbone]
@@ -35,7 +36,11 @@ class BackboneSpec:
 
 def _resnet(depth: int, layout: str) -> Callable[..., Backbone]:
     def build(
-        output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+        output_stride: int,
+        multi_grid: Sequence[int] | None,
+        width: float,
+        in_channels: int,
+        rounding: tuple[int, int],
     ) -> Backbone:
         return ResNet(depth, layout, multi_grid, output_stride, in_channels)
 
@@ -44,7 +49,11 @@ def _resnet(depth: int, layout: str) -> Callable[..., Backbone]:
 
 def _xception(variant: str) -> Callable[..., Backbone]:
     def build(
-        output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+        output_stride: int,
+        multi_grid: Sequence[int] | None,
+        width: float,
+        in_channels: int,
+        rounding: tuple[int, int],
     ) -> Backbone:
         return Xception(variant, multi_grid, output_stride, in_channels)
 
@@ -52,9 +61,13 @@ def _xception(variant: str) -> Callable[..., Backbone]:
 
 
 def _mobilenetv2(
-    output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+    output_stride: int,
+    multi_grid: Sequence[int] | None,
+    width: float,
+    in_channels: int,
+    rounding: tuple[int, int],
 ) -> Backbone:
-    return MobileNetV2(width, output_stride, in_channels)
+    return MobileNetV2(width, output_stride, in_channels, *rounding)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -79,9 +92,12 @@ def build_backbone(
     width_multiplier: float = 1.0,
     dilate_removed_stride_units: bool = False,
     in_channels: int = 3,
+    divisible_by: int = 8,
+    min_depth: int = 8,
 ) -> Backbone:
     """Build a backbone by name, checking that the options apply to it; ``in_channels`` is the
-    number of input bands its first conv reads (3: RGB)."""
+    number of input bands its first conv reads (3: RGB); ``divisible_by``/``min_depth`` round
+    MobileNetV2's channels (8/8: torchvision's; official DeepLab below depth 1.0: 1/1)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}")
     spec = BACKBONES[name]
@@ -91,9 +107,14 @@ def build_backbone(
         raise ValueError(
             f"backbone {name!r} has no width_multiplier option (got {width_multiplier})"
         )
+    if (divisible_by, min_depth) != (8, 8) and not spec.supports_width:
+        raise ValueError(
+            f"backbone {name!r} has no channel rounding options (divisible_by, min_depth)"
+        )
     if in_channels < 1:
         raise ValueError(f"in_channels must be at least 1, got {in_channels}")
-    backbone = spec.build(output_stride, multi_grid, width_multiplier, in_channels)
+    rounding = (divisible_by, min_depth)
+    backbone = spec.build(output_stride, multi_grid, width_multiplier, in_channels, rounding)
     if dilate_removed_stride_units:
         backbone.dilate_removed_stride_units = True
         backbone.set_output_stride(output_stride)
