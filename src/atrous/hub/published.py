@@ -31,6 +31,7 @@ from atrous.convert.mmseg import convert_mmseg
 from atrous.convert.tf import convert_tf
 from atrous.convert.torch_models import convert
 from atrous.data import DataConfig, dataset_labels
+from atrous.evaluation.protocols import EvalProtocol, official_protocol
 from atrous.models.model import DeepLab
 
 TF_MODELS_URL = "http://download.tensorflow.org/models/"
@@ -83,6 +84,11 @@ class Published:
     def kind(self) -> Literal["tf", "torchvision", "transformers", "mmseg"]:
         prefix = self.name.split(":", 1)[0]
         return {"hf": "transformers"}.get(prefix, prefix)  # type: ignore[return-value]
+
+    @property
+    def measured_with(self) -> EvalProtocol:
+        """How its published figures were measured: its source's own evaluation protocol."""
+        return official_protocol(self.kind, self.dataset)
 
     @property
     def url(self) -> str:
@@ -370,6 +376,16 @@ def published_table(entries: Sequence[Published] | None = None) -> list[dict[str
             }
         )
     return rows
+
+
+def published_entry(source: str | Path) -> Published | None:
+    """The registry entry behind ``source``: a published name, or a folder fetched from one (its
+    ``source.json`` names it); None for any other model."""
+    if is_published(str(source)):
+        return get_published(str(source))
+    record = Path(source) / "source.json"
+    name = json.loads(record.read_text()).get("name") if record.is_file() else None
+    return REGISTRY.get(name) if isinstance(name, str) else None
 
 
 def resolve_source(source: str | Path) -> Path:
