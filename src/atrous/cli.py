@@ -347,7 +347,8 @@ def evaluate(
     path = Path(output) if output else default_report_path(resolve_source(model), split)
     protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
     protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
-    protocol_record.update(precision=precision, fast=fast, protocol=measured.describe())
+    protocol_record.update(precision=precision, fast=fast, protocol=protocol)
+    protocol_record.update(protocol_details=measured.describe())
     _report_evaluation(
         result, dataset.classes, protocol_record, published, trimap_source, path, segmenter.task
     )
@@ -367,8 +368,9 @@ def _report_evaluation(
     scores = result.scores()
     _print_scores(scores, names, task)
     inference = InferenceConfig(**report["inference"])
+    whole = None if report.get("protocol", "atrous") == "atrous" else report["protocol_details"]
     console.print(
-        f"protocol: {report['protocol']}; {describe_inference(inference)}, {report['precision']}, "
+        f"protocol: {describe_inference(inference, whole)}, {report['precision']}, "
         f"{report['images']} images",
         soft_wrap=True,
     )
