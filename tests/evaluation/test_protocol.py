@@ -170,6 +170,8 @@ def test_mmseg_runs_the_test_scale_and_scores_at_the_original_size():
     probs = protocol_probabilities(network, images, protocol, InferenceConfig(scales=(1, 0.5)))
     assert network.inputs == [mmseg_size(20, 24, (2048, 512)), mmseg_size(20, 24, (2048, 512), 0.5)]
     assert probs.shape == (1, 2, 20, 24)
+    with pytest.raises(ValueError, match="runs whole images"):
+        protocol_probabilities(network, images, protocol, InferenceConfig(window=16))
 
 
 def test_every_registry_entry_records_its_protocol():
