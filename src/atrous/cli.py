@@ -311,13 +311,8 @@ def evaluate(
             a published checkpoint's).
         split: the split to score.
         inference: output stride, scales (paper: [0.5,0.75,1.0,1.25,1.5,1.75]), flip, window.
-        score: published checkpoints, when no inference option is given: which published
-            score's output stride, scales and flip to run (0: the first listed; its mIoU is
-            printed beside ours).
-        protocol: 'atrous' (each image at its own size, no padding bias) or 'official': the
-            evaluation the published figures were made with (TF: 513×513 or 1025×2049 canvas
-            padded with the mean pixel, image pooling over it; torchvision: shorter side 520;
-            mmseg: its test scale); needs a published checkpoint or a folder fetched from one.
+        score: published checkpoints: which published score's OS, scales, flip (0: the first).
+        protocol: 'atrous' (each image at its size) or 'official' (docs/protocols.md).
         trimap: band widths in pixels for mIoU near boundaries (paper Fig. 5a), e.g. [4,8,16].
         trimap_source: band around 'void' pixels (VOC) or around label 'edges'.
         precision: fp32, bf16 (CPU/GPU), fp16 (CUDA) or int8 (CPU, with --fast).
@@ -347,8 +342,7 @@ def evaluate(
     path = Path(output) if output else default_report_path(resolve_source(model), split)
     protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
     protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
-    protocol_record.update(precision=precision, fast=fast, protocol=protocol)
-    protocol_record.update(protocol_details=measured.describe())
+    protocol_record.update(precision=precision, fast=fast, protocol=measured.describe())
     _report_evaluation(
         result, dataset.classes, protocol_record, published, trimap_source, path, segmenter.task
     )
@@ -368,7 +362,8 @@ def _report_evaluation(
     scores = result.scores()
     _print_scores(scores, names, task)
     inference = InferenceConfig(**report["inference"])
-    whole = None if report.get("protocol", "atrous") == "atrous" else report["protocol_details"]
+    measured = report.get("protocol", ATROUS.describe())
+    whole = None if measured == ATROUS.describe() else str(measured)
     console.print(
         f"protocol: {describe_inference(inference, whole)}, {report['precision']}, "
         f"{report['images']} images",
