@@ -5,6 +5,7 @@ rules (research/deeplab ``input_preprocess.py``, ``preprocess_utils.resize_to_ra
 ``model.py``'s ``scale_dimension``; torchvision's ``resize``; ``mmcv.rescale_size``)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ from atrous.evaluation.protocols import (
     official_protocol,
     prepare_pair,
     protocol_probabilities,
+    tf_resize_image,
+    tf_resize_label,
     tf_resize_to_range,
     tf_scaled_size,
     torchvision_size,
@@ -148,6 +151,19 @@ def test_ade20k_pair_is_resized_then_padded():
     # nearest neighbour with aligned corners: column j reads round(j·19/512)
     expected = torch.floor(torch.arange(513) * (19 / 512) + 0.5).long()
     assert torch.equal(label[0], expected) and torch.equal(label[256], expected)
+
+
+def test_ade20k_resizes_equal_tensorflows_own():
+    """Labels: TF's nearest neighbour with aligned corners; images: its aligned bilinear resize
+    (fixture made with TensorFlow 2.21: tests/fixtures/protocols/README.md)."""
+    fixture = np.load(Path(__file__).parents[1] / "fixtures" / "protocols" / "tf_resize.npz")
+    for i in range(3):
+        size = tuple(int(n) for n in fixture[f"size{i}"])
+        mask = torch.from_numpy(fixture[f"mask{i}"].astype(np.int64))
+        assert np.array_equal(tf_resize_label(mask, size).numpy(), fixture[f"nearest{i}"])
+        image = torch.from_numpy(fixture[f"image{i}"][0]).permute(2, 0, 1)
+        official = torch.from_numpy(fixture[f"bilinear{i}"][0]).permute(2, 0, 1)
+        assert torch.allclose(tf_resize_image(image, size), official, atol=1e-6)
 
 
 def test_torchvision_and_mmseg_sizes():

@@ -140,13 +140,18 @@ def tf_scaled_size(length: int, scale: float) -> int:
     return int((float(length) - 1.0) * scale + 1.0)
 
 
-def _tf_nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def tf_resize_label(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """TF's nearest-neighbour resize with aligned corners (source index rounded half up)."""
     rows, cols = (
         torch.clamp(torch.floor(torch.arange(n) * ((m - 1) / max(n - 1, 1)) + 0.5).long(), 0, m - 1)
         for n, m in zip(size, mask.shape[-2:], strict=True)
     )
     return mask[..., rows[:, None], cols[None, :]]
+
+
+def tf_resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF's bilinear resize with aligned corners of a (C, H, W) float image."""
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=True)[0]
 
 
 def _uint8_resize(image: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
@@ -171,8 +176,7 @@ def _tf_canvas(
     the canvas; 0 after normalisation is the mean pixel, the label's padding is ignored."""
     if protocol.resize_range and protocol.resize_factor:
         size = tf_resize_to_range(*image.shape[-2:], protocol.resize_range, protocol.resize_factor)
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=True)[0]
-        mask = _tf_nearest(mask, size)
+        image, mask = tf_resize_image(image, size), tf_resize_label(mask, size)
     (height, width), (top, side) = image.shape[-2:], protocol.canvas or image.shape[-2:]
     if height > top or width > side:
         raise ValueError(
