@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from helpers import randomize_bn
 from PIL import Image
 from torch import nn
+from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
+from torchvision.transforms.functional import resize as tv_resize
 
 import atrous
 from atrous.cli import main
@@ -177,6 +179,27 @@ def test_torchvision_and_mmseg_sizes():
     protocol = official_protocol("torchvision", "voc")
     resized, label = prepare_pair(image, mask, protocol, [0.5] * 3, [0.5] * 3, 255)
     assert resized.shape[-2:] == label.shape == (520, 693)
+
+
+def test_torchvision_protocol_equals_torchvisions_own_preset_within_a_grey_level():
+    """torchvision's weights' preset (PIL, antialiased bilinear resize of the shorter side to
+    520, then normalisation) against atrous's torch resize: the same sizes, pixels within one
+    uint8 step."""
+    preset = DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.transforms()
+    protocol = official_protocol("torchvision", "voc")
+    rng = np.random.default_rng(4)
+    for height, width in [(97, 131), (140, 90)]:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        expected = preset(Image.fromarray(pixels))
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
+        mask = torch.zeros(height, width, dtype=torch.int64)
+        ours, label = prepare_pair(image, mask, protocol, preset.mean, preset.std, 255)
+        assert ours.shape == expected.shape and label.shape == expected.shape[-2:]
+        grey_levels = (ours - expected).abs() * torch.tensor(preset.std).view(3, 1, 1) * 255
+        assert grey_levels.max() <= 1.01
+    for height, width in rng.integers(20, 3000, (20, 2)).tolist():
+        resized = tv_resize(torch.zeros(1, height, width), [520])
+        assert tuple(resized.shape[-2:]) == torchvision_size(height, width, 520)
 
 
 def test_mmseg_runs_the_test_scale_and_scores_at_the_original_size():
