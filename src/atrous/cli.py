@@ -44,9 +44,16 @@ from atrous.data.fix import write_fixed
 from atrous.evaluation.evaluate import Evaluation, scores_to_dict
 from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from atrous.evaluation.plots import plot_confusion
+from atrous.evaluation.protocols import ATROUS, EvalProtocol, ProtocolName
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
 from atrous.hub.published import resolve_source
-from atrous.hub.registry import PublishedScore, get_published, is_published, published_table
+from atrous.hub.registry import (
+    PublishedScore,
+    get_published,
+    is_published,
+    published_entry,
+    published_table,
+)
 from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
@@ -284,7 +291,8 @@ def evaluate(
     data: DataConfig | None = None,
     split: str = "val",
     inference: InferenceConfig = InferenceConfig(),  # noqa: B008
-    protocol: int = 0,
+    score: int = 0,
+    protocol: ProtocolName = "atrous",
     trimap: list[int] | None = None,
     trimap_source: Literal["void", "edges"] = "void",
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32",
@@ -303,8 +311,8 @@ def evaluate(
             a published checkpoint's).
         split: the split to score.
         inference: output stride, scales (paper: [0.5,0.75,1.0,1.25,1.5,1.75]), flip, window.
-        protocol: published checkpoints, when no inference option is given: which published
-            score's protocol to run (0: the first listed; its mIoU is printed beside ours).
+        score: published checkpoints: which published score's OS, scales, flip (0: the first).
+        protocol: 'atrous' (each image at its size) or 'official' (docs/protocols.md).
         trimap: band widths in pixels for mIoU near boundaries (paper Fig. 5a), e.g. [4,8,16].
         trimap_source: band around 'void' pixels (VOC) or around label 'edges'.
         precision: fp32, bf16 (CPU/GPU), fp16 (CUDA) or int8 (CPU, with --fast).
@@ -317,13 +325,16 @@ def evaluate(
     """
     if precision == "int8" and not fast:
         raise ValueError("precision int8 needs --fast true")
-    inference, published = published_protocol(model, inference, protocol)
+    inference, published = published_protocol(model, inference, score)
+    measured = evaluation_protocol(model, protocol)
     env = init_distributed(device)
     try:
         data = dataclasses.replace(data or training_data(model), val_split=split)
         dataset = build_dataset(data, "val")
         segmenter = _evaluation_segmenter(model, inference, precision, fast, dataset, env.device)
-        result = segmenter.evaluate(dataset, env, progress, trimap or (), trimap_source, pipeline)
+        result = segmenter.evaluate(
+            dataset, env, progress, trimap or (), trimap_source, pipeline, measured
+        )
     finally:
         shutdown_distributed()
     if not env.is_main:
@@ -331,7 +342,7 @@ def evaluate(
     path = Path(output) if output else default_report_path(resolve_source(model), split)
     protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
     protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
-    protocol_record.update(precision=precision, fast=fast)
+    protocol_record.update(precision=precision, fast=fast, protocol=measured.describe())
     _report_evaluation(
         result, dataset.classes, protocol_record, published, trimap_source, path, segmenter.task
     )
@@ -351,8 +362,10 @@ def _report_evaluation(
     scores = result.scores()
     _print_scores(scores, names, task)
     inference = InferenceConfig(**report["inference"])
+    measured = report.get("protocol", ATROUS.describe())
+    whole = None if measured == ATROUS.describe() else str(measured)
     console.print(
-        f"protocol: {describe_inference(inference)}, {report['precision']}, "
+        f"protocol: {describe_inference(inference, whole)}, {report['precision']}, "
         f"{report['images']} images",
         soft_wrap=True,
     )
@@ -407,12 +420,25 @@ def published_protocol(
     if not scores:
         return inference, None
     if not 0 <= index < len(scores):
-        raise ValueError(f"{model} has {len(scores)} published scores; --protocol {index}")
+        raise ValueError(f"{model} has {len(scores)} published scores; --score {index}")
     score = scores[index]
     if inference != InferenceConfig():  # options given: the user's protocol, for comparison
         return inference, score
     chosen = score.protocol
     return InferenceConfig(chosen.output_stride, chosen.scales, chosen.flip), score
+
+
+def evaluation_protocol(model: str, name: str) -> EvalProtocol:
+    """``--protocol``: atrous's own, or the one the model's published figures were made with."""
+    if name == "atrous":
+        return ATROUS
+    entry = published_entry(model)
+    if entry is None:
+        raise ValueError(
+            f"--protocol official needs a published checkpoint (atrous models --pretrained) or a "
+            f"folder fetched from one; {model} is neither: evaluate it with --protocol atrous"
+        )
+    return entry.measured_with
 
 
 def training_data(model: str) -> DataConfig:

@@ -130,7 +130,7 @@ def test_eval_runs_the_published_protocol_and_prints_the_published_miou(
     assert "published: 75.32 on VOC 2012 val (OS16, scales [1], flip off, padded to 513×513)" in out
     report = json.loads((folder / "e.json").read_text())
     assert report["inference"]["output_stride"] == 16 and report["published"]["miou"] == 75.32
-    assert main([*command, "--protocol", "1", "--output", str(folder / "e.json")]) == 0
+    assert main([*command, "--score", "1", "--output", str(folder / "e.json")]) == 0
     out = capsys.readouterr().out
     assert (
         "published: 77.33 on VOC 2012 val (OS8, scales [0.5, 0.75, 1, 1.25, 1.5, 1.75], flip "

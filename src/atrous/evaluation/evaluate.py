@@ -22,8 +22,9 @@ from atrous.evaluation.metrics import (
     SegmentationScores,
     TrimapMeter,
 )
+from atrous.evaluation.protocols import ATROUS, EvalProtocol, prepare_pair, protocol_probabilities
 from atrous.inference.pipeline import PipelineConfig, batches_by_size, decoded_items
-from atrous.inference.strategies import InferenceConfig, Network, segment
+from atrous.inference.strategies import InferenceConfig, Network
 from atrous.runtime.distributed import DistributedEnv
 from atrous.runtime.precision import autocast
 
@@ -66,7 +67,8 @@ class Sample:
 
 class NormalisedPairs(Dataset):
     """``dataset``'s pairs at ``indices``, normalised as evaluation normalises (in loader
-    workers when there are some)."""
+    workers when there are some); under a published source's ``protocol``, also resized or
+    padded as that source evaluates."""
 
     def __init__(
         self,
@@ -74,8 +76,10 @@ class NormalisedPairs(Dataset):
         indices: Sequence[int],
         mean: Sequence[float],
         std: Sequence[float],
+        protocol: EvalProtocol = ATROUS,
     ) -> None:
         self.dataset, self.indices = dataset, list(indices)
+        self.mean, self.std, self.protocol = mean, std, protocol
         self.transform = normalisation(mean, std)
 
     def __len__(self) -> int:
@@ -83,6 +87,11 @@ class NormalisedPairs(Dataset):
 
     def __getitem__(self, position: int) -> Sample:
         index = self.indices[position]
+        if self.protocol != ATROUS:
+            image, mask = (t.as_subclass(torch.Tensor) for t in self.dataset[index])
+            ignore = self.dataset.ignore_index
+            image, mask = prepare_pair(image, mask, self.protocol, self.mean, self.std, ignore)
+            return Sample(index, image, mask)
         image, mask = self.transform(*self.dataset[index])
         return Sample(index, image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor))
 
@@ -101,6 +110,7 @@ def evaluate_dataset(
     trimap_source: str = "void",
     pipeline: PipelineConfig = PipelineConfig(workers=0, batch_size=1),  # noqa: B008
     multilabel: bool = False,
+    protocol: EvalProtocol = ATROUS,
 ) -> Evaluation:
     """Score ``model`` over ``dataset``, each image whole at its own size, summed over processes.
 
@@ -108,14 +118,15 @@ def evaluate_dataset(
     r evaluates images r, r + world_size, … (no padding, so every image counts once).
     ``pipeline`` decodes in loader workers and batches images of one size (the same scores).
     A ``multilabel`` model's classes are scored one by one (sigmoid above 0.5 against (K, H, W)
-    targets).
+    targets). ``protocol``: atrous's own, or a published source's (:mod:`.protocols`).
     """
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
     strategy = inference or InferenceConfig()
     evaluation = _empty_evaluation(dataset, trimap_widths, trimap_source, env.device, multilabel)
-    pairs = NormalisedPairs(dataset, range(env.rank, len(dataset), env.world_size), mean, std)
+    indices = range(env.rank, len(dataset), env.world_size)
+    pairs = NormalisedPairs(dataset, indices, mean, std, protocol)
     items = decoded_items(pairs, pipeline.workers)
     show = progress and env.is_main
     with tqdm(total=len(pairs), desc="evaluate", disable=not show, leave=False) as bar:
@@ -125,7 +136,9 @@ def evaluate_dataset(
             images = torch.stack([sample.image for sample in batch]).to(env.device)
             masks = torch.stack([sample.mask for sample in batch]).to(env.device)
             with autocast(env.device, precision):
-                probabilities = segment(model, images, strategy, multilabel)
+                probabilities = protocol_probabilities(
+                    model, images, protocol, strategy, multilabel
+                )
             chosen = probabilities > 0.5 if multilabel else probabilities.argmax(1)
             evaluation.update(chosen, masks)
             bar.update(len(batch))

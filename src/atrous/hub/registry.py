@@ -10,6 +10,7 @@ official checkpoints atrous cannot build, with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Literal
 
 from torchvision.models import get_weight
 
+from atrous.evaluation.protocols import EvalProtocol, official_protocol
 from atrous.hub.download import is_cached
 
 #: https only; ``ATROUS_TF_MODELS_URL`` points the TensorFlow entries at a mirror.
@@ -88,6 +90,11 @@ class Published:
     def kind(self) -> Literal["tf", "torchvision", "transformers", "mmseg"]:
         prefix = self.name.split(":", 1)[0]
         return {"hf": "transformers"}.get(prefix, prefix)  # type: ignore[return-value]
+
+    @property
+    def measured_with(self) -> EvalProtocol:
+        """How its published figures were measured: its source's own evaluation protocol."""
+        return official_protocol(self.kind, self.dataset, self.crop_size)
 
     @property
     def url(self) -> str:
@@ -323,6 +330,16 @@ def get_published(name: str) -> Published:
             f"{', '.join(sorted(REGISTRY))}"
         )
     return REGISTRY[name]
+
+
+def published_entry(source: str | Path) -> Published | None:
+    """The registry entry behind ``source``: a published name, or a folder fetched from one (its
+    ``source.json`` names it); None for any other model."""
+    if is_published(str(source)):
+        return get_published(str(source))
+    record = Path(source) / "source.json"
+    name = json.loads(record.read_text()).get("name") if record.is_file() else None
+    return REGISTRY.get(name) if isinstance(name, str) else None
 
 
 def _figure(score: PublishedScore) -> str:

@@ -30,6 +30,7 @@ from atrous.data.io import DataError, read_image
 from atrous.data.palettes import voc_palette
 from atrous.data.visualize import colorize, overlay, overlay_multilabel, palette_image
 from atrous.evaluation.evaluate import Evaluation, evaluate_dataset
+from atrous.evaluation.protocols import ATROUS, EvalProtocol
 from atrous.export.onnx import OnnxNetwork
 from atrous.hub.published import load_model, resolve_source
 from atrous.inference.fast import (
@@ -122,9 +123,11 @@ class Segmenter:
         trimap: Sequence[int] = (),
         trimap_source: str = "void",
         pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+        protocol: EvalProtocol = ATROUS,
     ) -> Evaluation:
         """Confusion matrices of this segmenter over ``dataset`` (split over ``env``'s
-        processes), with the same normalisation, precision and inference as every image."""
+        processes), with the same normalisation, precision and inference as every image;
+        ``protocol``: atrous's own or a published source's."""
         return evaluate_dataset(
             self.network,
             dataset,
@@ -138,6 +141,7 @@ class Segmenter:
             trimap_source,
             pipeline,
             self.multilabel,
+            protocol,
         )
 
 

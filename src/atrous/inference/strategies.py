@@ -205,9 +205,12 @@ def segment(
     return total / config.passes
 
 
-def describe_inference(config: InferenceConfig) -> str:
-    """The evaluation protocol in words, to print beside every score (it changes the numbers)."""
-    if config.window is not None:
+def describe_inference(config: InferenceConfig, whole: str | None = None) -> str:
+    """The evaluation protocol in words, to print beside every score (it changes the numbers);
+    ``whole`` replaces the words on how whole images are fed (a published source's protocol)."""
+    if whole is not None:
+        how = whole
+    elif config.window is not None:
         how = f"sliding {config.window}px windows, {config.overlap:.0%} overlap"
     else:
         how = "whole image" + (" padded to OS·k+1" if config.align else "")
