@@ -1,4 +1,4 @@
-"""Published trained checkpoints, one call away: ``load_model("tf:xception65_coco_voc_trainaug")``.
+"""Published trained checkpoints, one call away: ``atrous.load("tf:xception65_coco_voc_trainaug")``.
 
 Each entry names where the weights come from (the official TensorFlow DeepLab model zoo,
 torchvision), the dataset and classes they predict, and the mIoU their authors published with
@@ -31,7 +31,6 @@ from atrous.convert.mmseg import convert_mmseg
 from atrous.convert.tf import convert_tf
 from atrous.convert.torch_models import convert
 from atrous.data import DataConfig, dataset_labels
-from atrous.models.model import DeepLab
 
 TF_MODELS_URL = "http://download.tensorflow.org/models/"
 MMSEG_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/deeplabv3plus/"
@@ -214,7 +213,7 @@ register(
 
 
 def list_published() -> list[str]:
-    """Names accepted by :func:`load_model` besides folders and Hub repos, sorted."""
+    """Names ``atrous.load`` accepts besides folders, files and Hub repos, sorted."""
     return sorted(REGISTRY)
 
 
@@ -313,24 +312,6 @@ def fetch(name: str, progress: bool = True) -> Path:
     return final
 
 
-def load_model(source: str | Path, **kwargs: Any) -> DeepLab:
-    """A saved model folder, a Hugging Face Hub repo id, or a published checkpoint's name
-    (``tf:xception65_coco_voc_trainaug``: downloaded and converted on first use), in eval mode.
-    Keyword arguments are :meth:`DeepLab.from_pretrained`'s: ``num_classes`` with
-    ``strict=False`` fine-tunes on another dataset (every tensor that fits loads, the classifier
-    keeps a fresh initialisation and a warning lists what was skipped), ``map_location``,
-    ``local_files_only``."""
-    if is_published(source):
-        entry = get_published(str(source))
-        if entry.dataset is None:
-            raise ValueError(
-                f"{entry.name} is an ImageNet backbone, not a segmentation model: start training "
-                f"from it with --run.backbone_weights {entry.name}"
-            )
-        source = fetch(entry.name)
-    return DeepLab.from_pretrained(source, **kwargs)
-
-
 def backbone_weights_file(name: str) -> Path:
     """``backbone.safetensors`` of a published ImageNet checkpoint (fetched on first use)."""
     entry = get_published(name)
@@ -370,8 +351,3 @@ def published_table(entries: Sequence[Published] | None = None) -> list[dict[str
             }
         )
     return rows
-
-
-def resolve_source(source: str | Path) -> Path:
-    """The local path of a model argument: a published checkpoint's fetched folder, or itself."""
-    return fetch(str(source)) if is_published(str(source)) else Path(source)
