@@ -21,9 +21,8 @@ from atrous.export.onnx import (
     export_onnx,
     export_program,
 )
-from atrous.hub.published import load_model
+from atrous.hub.load import load, load_segmenter
 from atrous.inference.fast import optimize_for_inference
-from atrous.inference.predict import load_segmenter
 from atrous.models.zoo import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +108,7 @@ def test_large_logits_pass_the_export_and_fast_path_checks(untrained_resnet101, 
     output = tmp_path / "r101.onnx"
     assert main(["export", "--model", str(untrained_resnet101), "--output", str(output)]) == 0
     assert capsys.readouterr().out.count("ONNX Runtime vs eager") == 2
-    network = optimize_for_inference(load_model(untrained_resnet101))
+    network = optimize_for_inference(load(untrained_resnet101))
     agreement = network.report.agreement
     assert network.report.backend == "onnxruntime" and agreement.scale > 100
     assert agreement.relative_diff <= RELATIVE_TOLERANCE and agreement.argmax_agreement > 0.999
