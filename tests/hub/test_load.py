@@ -92,7 +92,7 @@ def test_a_safetensors_file_takes_a_config_given_or_beside_it(model, tmp_path):
         assert loaded.config == model.config
         assert torch.equal(loaded.classifier.weight, model.classifier.weight)
     assert atrous.load(weights, config=folder / "config.json").class_names == CLASSES
-    with pytest.raises(ValueError, match="config= goes with a .safetensors file"):
+    with pytest.raises(ValueError, match=r"config= goes with a \.safetensors file"):
         atrous.load(folder, config=model.config)
 
 
