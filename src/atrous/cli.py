@@ -338,11 +338,8 @@ def evaluate(
         shutdown_distributed()
     if not env.is_main:
         return
-    path = (
-        Path(output)
-        if output
-        else default_report_path(fetch(model) if is_published(model) else model, split)
-    )
+    folder = fetch(model) if is_published(model) else model  # a published one: its cache
+    path = Path(output) if output else default_report_path(folder, split)
     protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
     protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
     protocol_record.update(precision=precision, fast=fast)
