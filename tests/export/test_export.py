@@ -132,10 +132,11 @@ def test_a_wrong_graph_still_fails_the_check(exported, tmp_path):
         export_onnx(WrongWhenExported(segmenter.network), tmp_path / "wrong.onnx")
 
 
-def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
+def test_exports_leave_the_aux_head_out_and_take_the_models_bands_and_stride(tmp_path):
     """Neither the ONNX graph, its metadata nor the torch.export program holds the auxiliary head
     (torch.export would otherwise keep its unused parameters); the model keeps it. A 4-band
-    model exports and checks with 4-band images."""
+    model exports and checks with 4-band images; one switched to OS8 exports at OS8 and its
+    metadata says so."""
     torch.manual_seed(0)
     model = create_model(
         "deeplabv3plus_mobilenetv2",
@@ -144,6 +145,7 @@ def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
         aux_head=True,
         in_channels=4,
     )
+    model.set_output_stride(8)
     report = export_onnx(model, tmp_path / "aux.onnx")
     assert all(a.relative_diff <= RELATIVE_TOLERANCE for a in report.agreement.values())
     proto = onnx.load(tmp_path / "aux.onnx")
@@ -151,7 +153,7 @@ def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
     names = [tensor.name for tensor in proto.graph.initializer]
     assert "classifier.weight" in names and not any("aux_head" in n for n in names)
     metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
-    assert metadata["config"]["aux_head"] is False
+    assert metadata["config"]["aux_head"] is False and metadata["config"]["output_stride"] == 8
     program = torch.export.load(export_program(model, tmp_path / "aux.pt2"))
     expected = {k for k in model.state_dict() if not k.startswith("aux_head.")}
     assert set(program.state_dict) | set(program.constants) >= expected

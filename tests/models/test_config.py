@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
-from helpers import randomize_bn
 from jsonargparse import capture_parser
 
 from atrous import ModelConfig, create_model
 from atrous.cli import main
-from atrous.export.onnx import OnnxNetwork, export_onnx
+from atrous.export.onnx import model_metadata
 
 #: A value other than the default for every field (a new field fails the first test until it
 #: is listed here, and so until it is checked below).
@@ -90,16 +89,9 @@ def test_set_output_stride_shows_in_the_config_and_derived_rates_follow():
 
 
 def test_set_output_stride_shows_in_the_saved_config_and_the_onnx_metadata(tmp_path):
-    torch.manual_seed(0)
+    """What export writes into the ONNX file (a whole export at OS8 runs in test_export.py)."""
     model = create_model("deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.25)
-    randomize_bn(model)
-    model.eval().set_output_stride(8)
-    model.save_pretrained(tmp_path / "saved")
-    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
-    assert saved["model"]["output_stride"] == 8
-    network = OnnxNetwork(export_onnx(model, tmp_path / "m.onnx", check=False).path)
-    assert network.metadata["config"]["output_stride"] == 8 and network.output_stride == 8
-    x = torch.randn(1, 3, 65, 65)
-    with torch.no_grad():
-        expected = model(x)
-    torch.testing.assert_close(network(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+    model.set_output_stride(8)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["output_stride"] == 8
+    assert model_metadata(model)["config"]["output_stride"] == 8
