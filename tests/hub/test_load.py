@@ -97,7 +97,7 @@ def test_a_safetensors_file_takes_a_config_given_or_beside_it(model, tmp_path):
 
 
 def test_bad_sources_are_named(model, tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match=r"no model file at .*gone\.pt"):
+    with pytest.raises(FileNotFoundError, match=r"no model at .*gone\.pt"):
         atrous.load(tmp_path / "gone.pt")
     with pytest.raises(ValueError, match="ImageNet backbone, not a segmentation model"):
         atrous.load("tf:xception65_imagenet")

@@ -55,7 +55,7 @@ def load(
     """
     options = {"num_classes": num_classes, "strict": strict, "map_location": map_location}
     path = Path(source)
-    if config is not None and not (path.suffix == ".safetensors" and path.is_file()):
+    if config is not None and path.suffix != ".safetensors":
         raise ValueError(f"config= goes with a .safetensors file; {source} brings its own")
     if is_published(str(source)):
         return DeepLab.from_pretrained(_published_folder(str(source)), **options)
@@ -64,7 +64,7 @@ def load(
     if path.is_file():
         return _load_file(path, config, options)
     if path.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors", ".onnx", ".json"):
-        raise FileNotFoundError(f"no model file at {path}")
+        raise FileNotFoundError(f"no model at {path}")
     return DeepLab.from_pretrained(str(source), **options, **hub)
 
 
