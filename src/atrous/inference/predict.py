@@ -5,6 +5,8 @@ normalisation as evaluation and the same
 :func:`~atrous.inference.strategies.segment` strategies, so a
 prediction equals what validation scored (a common complaint about DeepLab code: standalone
 results differ from validation). ``atrous predict``, the demo and the demo page all use it.
+It takes a model (:meth:`Segmenter.from_model`) or an exported ``.onnx`` file; finding a model by
+name is ``atrous.load``'s job (:func:`atrous.hub.load.load_segmenter` does both).
 """
 
 from __future__ import annotations
