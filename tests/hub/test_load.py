@@ -103,6 +103,8 @@ def test_bad_sources_are_named(model, tmp_path, monkeypatch):
         atrous.load("tf:xception65_imagenet")
     with pytest.raises(ValueError, match="unknown published checkpoint 'tf:nothing'"):
         atrous.load("tf:nothing")
+    with pytest.raises(ValueError, match="revision: options of a Hugging Face Hub repo, not"):
+        atrous.load(saved_folder(model, tmp_path), revision="main")
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ValueError, match=r"notes\.txt: atrous\.load reads a saved model folder"):
         atrous.load(tmp_path / "notes.txt")

@@ -57,6 +57,8 @@ def load(
     path = Path(source)
     if config is not None and path.suffix != ".safetensors":
         raise ValueError(f"config= goes with a .safetensors file; {source} brings its own")
+    if hub and (path.exists() or is_published(str(source))):
+        raise ValueError(f"{', '.join(hub)}: options of a Hugging Face Hub repo, not of {source}")
     if is_published(str(source)):
         return DeepLab.from_pretrained(_published_folder(str(source)), **options)
     if path.is_dir():
