@@ -20,7 +20,7 @@ import torch
 from atrous.apps.demo import demo_config
 from atrous.data import build_dataset
 from atrous.evaluation.evaluate import evaluate_dataset
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 from atrous.inference.fast import CALIBRATION_IMAGES, optimize_for_inference
 from atrous.runtime.distributed import DistributedEnv
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="runs/demo/model")
     parser.add_argument("--json", default=str(ROOT / "results" / "miou.json"))
     args = parser.parse_args(argv)
-    model = load_model(args.model)
+    model = load(args.model)
     config = demo_config().data
     val = build_dataset(config, "val")
     train = build_dataset(config, "train")

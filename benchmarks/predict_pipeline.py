@@ -33,9 +33,10 @@ from PIL import Image
 
 import atrous
 from atrous.data.synthetic import render_scene
+from atrous.hub.load import load_segmenter
 from atrous.inference.fast import normalise_images
 from atrous.inference.pipeline import PipelineConfig
-from atrous.inference.predict import Segmenter, load_segmenter, predict_files
+from atrous.inference.predict import Segmenter, predict_files
 from atrous.models.profile import describe_device
 
 

@@ -1,6 +1,6 @@
 """atrous: DeepLabV3+ semantic segmentation, faithful to the paper (Chen et al., ECCV 2018)."""
 
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 from atrous.hub.registry import list_published
 from atrous.inference.fast import FastNetwork, optimize_for_inference
 from atrous.models.backbones import (
@@ -45,8 +45,8 @@ __all__ = [
     "get_config",
     "list_models",
     "list_published",
+    "load",
     "load_backbone_weights",
-    "load_model",
     "load_weights",
     "optimize_for_inference",
     "profile_model",

@@ -41,12 +41,19 @@ from atrous.data.chart import plot_class_balance
 from atrous.data.checks import DataReport, LabelProblem, check_dataset
 from atrous.data.doctor import label_doctor
 from atrous.data.fix import write_fixed
-from atrous.evaluation.evaluate import Evaluation, scores_to_dict
+from atrous.evaluation.evaluate import (
+    Evaluation,
+    default_report_path,
+    evaluate_segmenter,
+    run_data_config,
+    scores_to_dict,
+)
 from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from atrous.evaluation.plots import plot_confusion
 from atrous.evaluation.protocols import ATROUS, EvalProtocol, ProtocolName
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
-from atrous.hub.published import resolve_source
+from atrous.hub.load import load_segmenter
+from atrous.hub.published import fetch
 from atrous.hub.registry import (
     PublishedScore,
     get_published,
@@ -60,11 +67,8 @@ from atrous.inference.predict import (
     DEMO_MODEL,
     Segmenter,
     calibration_images,
-    default_report_path,
     fast_segmenter,
-    load_segmenter,
     predict_files,
-    run_data_config,
 )
 from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
@@ -84,7 +88,7 @@ def models(pretrained: bool = False) -> None:
     """List the named model configurations with their parameters and Mult-Adds at 513×513.
 
     Args:
-        pretrained: list the published trained checkpoints instead (load_model / --model names).
+        pretrained: list the published trained checkpoints instead (atrous.load / --model names).
     """
     if pretrained:
         rows = published_table()
@@ -133,9 +137,8 @@ def profile(
         separable: separable ASPP/decoder convs; default: the named configuration's.
     """
     with torch.device("meta"):
-        net = create_model(
-            model, num_classes=num_classes, output_stride=output_stride, separable=separable
-        )
+        chosen = {} if separable is None else {"separable": separable}
+        net = create_model(model, num_classes=num_classes, output_stride=output_stride, **chosen)
     result = profile_model(net, (height, width))
     console.print(
         f"{model}: {height}×{width}, output stride {output_stride}, {num_classes} classes, "
@@ -170,7 +173,7 @@ def demo(output_dir: str = "runs/demo", iterations: int | None = None) -> None:
         f"predictions: {result.predictions[0].parent} (grid.png: image | truth | prediction)"
     )
     console.print(f"checkpoints: {result.output_dir / 'best.pt'}, {result.output_dir / 'last.pt'}")
-    console.print(f"model:       {result.output_dir / 'model'} (atrous.load_model)")
+    console.print(f"model:       {result.output_dir / 'model'} (atrous.load)")
     console.print("next:        atrous predict photos/ · atrous eval · atrous export")
 
 
@@ -332,14 +335,15 @@ def evaluate(
         data = dataclasses.replace(data or training_data(model), val_split=split)
         dataset = build_dataset(data, "val")
         segmenter = _evaluation_segmenter(model, inference, precision, fast, dataset, env.device)
-        result = segmenter.evaluate(
-            dataset, env, progress, trimap or (), trimap_source, pipeline, measured
+        result = evaluate_segmenter(
+            segmenter, dataset, env, progress, trimap or (), trimap_source, pipeline, measured
         )
     finally:
         shutdown_distributed()
     if not env.is_main:
         return
-    path = Path(output) if output else default_report_path(resolve_source(model), split)
+    folder = fetch(model) if is_published(model) else model  # a published one: its cache
+    path = Path(output) if output else default_report_path(folder, split)
     protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
     protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
     protocol_record.update(precision=precision, fast=fast, protocol=measured.describe())
@@ -573,7 +577,7 @@ def convert_weights(
     class_names: list[str] | None = None,
     palette: list[list[int]] | None = None,
     output_stride: int | None = None,
-    atrous_rates: list[int] | None = None,
+    aspp_rates: list[int] | None = None,
     crop_size: list[int] | None = None,
     dataset: Literal["voc", "cityscapes", "ade20k"] | None = None,
     aux_head: bool = False,
@@ -598,7 +602,7 @@ def convert_weights(
         palette: one [r, g, b] colour per class.
         output_stride: smp weights files and mmseg: the output stride they were trained at
             (smp 16, mmseg 8).
-        atrous_rates: smp weights files and mmseg: the ASPP rates (12, 24, 36).
+        aspp_rates: smp weights files and mmseg: the ASPP rates (12, 24, 36).
         crop_size: tf only: the training crop [height, width] (VOC 513 513, Cityscapes 769 769),
             which sets the image-pooling kernel as in the official code; default: global pooling.
         dataset: tf only: names the classes and colours (ade20k also drops class 0, "other").
@@ -620,9 +624,9 @@ def convert_weights(
         console.print(f"written: {convert_transformers(source, output, palette)}")
         return
     if kind == "mmseg":
-        console.print(f"written: {convert_mmseg(source, output, output_stride, atrous_rates)}")
+        console.print(f"written: {convert_mmseg(source, output, output_stride, aspp_rates)}")
         return
-    options = (class_names, palette, output_stride, atrous_rates, aux_head)
+    options = (class_names, palette, output_stride, aspp_rates, aux_head)
     console.print(f"written: {convert(source, kind, output, *options)}")
 
 

@@ -14,9 +14,9 @@ from PIL import Image
 
 from atrous.apps.serve import MAX_PIXELS, PageModel, PageOptions, class_shares, launch
 from atrous.export.onnx import export_onnx
-from atrous.hub.published import load_model
+from atrous.hub.load import load, load_segmenter
 from atrous.inference.fast import FastNetwork
-from atrous.inference.predict import load_segmenter, predict_files
+from atrous.inference.predict import predict_files
 from atrous.inference.strategies import PAPER_SCALES
 from atrous.models.zoo import create_model
 
@@ -112,7 +112,7 @@ def test_serve_refuses_a_missing_demo_model_and_exported_files(tiny_run, tmp_pat
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="run `atrous demo` first"):
         launch(block=False)
-    exported = export_onnx(load_model(tiny_run / "model"), tmp_path / "m.onnx", check=False).path
+    exported = export_onnx(load(tiny_run / "model"), tmp_path / "m.onnx", check=False).path
     with pytest.raises(ValueError, match="needs a saved model folder or a training checkpoint"):
         PageModel(exported, tmp_path)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))

@@ -6,7 +6,7 @@ import torchvision
 from helpers import no_download, randomize_bn
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
-from atrous import load_model
+from atrous import load
 from atrous.convert.torch_models import convert, from_smp, from_torchvision
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 
@@ -64,7 +64,7 @@ def test_torchvision_aux_classifier_converts_into_the_aux_head(tmp_path):
     assert from_torchvision(reference).aux_head is None  # dropped unless asked for
     # A folder to fine-tune from keeps the head; a checkpoint without one is a clear error.
     torch.save(reference.state_dict(), tmp_path / "deeplabv3.pth")
-    start = load_model(
+    start = load(
         convert(
             str(tmp_path / "deeplabv3.pth"), "torchvision", str(tmp_path / "start"), aux_head=True
         )
@@ -90,7 +90,7 @@ def test_published_torchvision_weights_convert_from_the_hub_cache_offline(tmp_pa
     cached.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), cached)
     output = convert(str(weights), "torchvision", str(tmp_path / "voc"))
-    model = load_model(output)
+    model = load(output)
     assert model.class_names == VOC_CLASSES and model.palette == VOC_PALETTE
     x = torch.randn(1, 3, 49, 49)
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_smp_folder_converts_with_its_config(tmp_path, smp):
     output = convert(
         str(tmp_path / "smp"), "smp", str(tmp_path / "atrous"), class_names=["a", "b", "c"]
     )
-    model = load_model(output)
+    model = load(output)
     assert model.class_names == ("a", "b", "c") and model.aspp.rates == (6, 12, 18)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_smp_folder_converts_with_its_config(tmp_path, smp):
 
 def test_atrous_training_checkpoint_converts(tiny_run, tmp_path):
     state = torch.load(tiny_run / "best.pt", weights_only=True)["model"]
-    model = load_model(convert(str(tiny_run / "best.pt"), "checkpoint", str(tmp_path)))
+    model = load(convert(str(tiny_run / "best.pt"), "checkpoint", str(tmp_path)))
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from atrous.cli import main
 from atrous.convert.hf import from_transformers
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 from atrous.models.model import build_model
 
 transformers = pytest.importorskip("transformers")
@@ -44,7 +44,7 @@ def test_transformers_mobilenetv2_gives_the_same_logits(tmp_path, output_stride,
     reference = random_hf_model(tmp_path / "hf", output_stride)
     command = ["convert", "--kind", "transformers", "--source", str(tmp_path / "hf")]
     assert main([*command, "--output", str(tmp_path / "atrous")]) == 0
-    model = load_model(tmp_path / "atrous")
+    model = load(tmp_path / "atrous")
     assert model.config.tf_padding and model.config.output_stride == output_stride
     assert model.class_names == tuple(f"class{i}" for i in range(5))
     generator = torch.Generator().manual_seed(0)

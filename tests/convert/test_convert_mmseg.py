@@ -17,7 +17,7 @@ import torch
 from atrous.cli import main
 from atrous.convert.mmseg import from_mmseg
 from atrous.data.palettes import VOC_CLASSES
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "mmseg"
 
@@ -63,7 +63,7 @@ def test_mmseg_deeplabv3plus_gives_mmsegs_logits_at_odd_and_even_sizes(checkpoin
     output = tmp_path / "atrous"
     command = ["convert", "--kind", "mmseg", "--source", str(checkpoint), "--output", str(output)]
     assert main(command) == 0
-    model = load_model(output)
+    model = load(output)
     assert model.config.backbone == "resnet50_v1c" and model.config.output_stride == 8
     assert model.config.aspp_projection_kernel == 3 and not model.config.align_corners
     assert model.class_names == VOC_CLASSES

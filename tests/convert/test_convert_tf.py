@@ -20,7 +20,7 @@ from helpers import TF_FIXTURES, load_fixture, official_weights, write_checkpoin
 
 from atrous.cli import main
 from atrous.convert.tf import from_tf_checkpoint, from_tf_variables
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 from atrous.models.backbones import build_backbone
 from atrous.models.backbones.weights import load_backbone_weights
 
@@ -62,7 +62,7 @@ def test_xception65_deeplabv3plus_tarball_gives_the_official_logits_at_os16_and_
     printed = capsys.readouterr().out
     assert "732 variables converted" in printed
     assert "2 an optimizer slot" in printed and "1 the training step counter" in printed
-    model = load_model(output)
+    model = load(output)
     assert model.config.image_pool_crop_size == (65, 65) and model.config.mean == (0.5,) * 3
     images = image_batch(outputs, model.config.mean, model.config.std)
     for output_stride in (16, 8):
@@ -145,7 +145,7 @@ def test_a_depth_05_checkpoint_converts_unpatched_with_the_official_rounding(tmp
     command = ["convert", "--kind", "tf", "--source", str(prefix), "--output", str(tmp_path / "m")]
     assert main(command) == 0
     assert f"{len(variables)} variables converted" in capsys.readouterr().out
-    model = load_model(tmp_path / "m")
+    model = load(tmp_path / "m")
     config = model.config
     assert (config.width_multiplier, config.divisible_by, config.min_depth) == (0.5, 1, 1)
     assert model.backbone.out_channels == {"low": 72, "high": 160, "aux": 48}

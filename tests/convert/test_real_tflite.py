@@ -23,7 +23,7 @@ from atrous.convert.tf_checkpoint import read_index
 from atrous.data.io import colours_to_labels, read_mask
 from atrous.data.palettes import voc_palette
 from atrous.evaluation.metrics import ConfusionMatrix
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 
 TFLITE = REAL_DATA / "deeplabv3_257_mv_gpu.tflite"
 ZOO_INDEX = REAL_DATA / "deeplabv3_mnv2_pascal_trainval_2018_01_29" / "model.ckpt-30000"
@@ -75,7 +75,7 @@ def converted(interpreter, tmp_path_factory) -> tuple[Path, dict[str, np.ndarray
 
 def test_the_checkpoint_has_the_official_names_and_the_depth_05_channels(converted):
     folder, variables = converted
-    config = load_model(folder).config
+    config = load(folder).config
     assert (config.width_multiplier, config.divisible_by, config.min_depth) == (0.5, 1, 1)
     assert variables["MobilenetV2/expanded_conv_1/project/weights"].shape[-1] == 12
     assert variables["image_pooling/weights"].shape == (1, 1, 160, 256)
@@ -86,7 +86,7 @@ def test_the_checkpoint_has_the_official_names_and_the_depth_05_channels(convert
 
 
 def test_logits_and_masks_equal_the_tflite_interpreter_on_every_photo(interpreter, converted):
-    model = load_model(converted[0]).eval()
+    model = load(converted[0]).eval()
     model.set_output_stride(8)
     source = interpreter.get_input_details()[0]["index"]
     target = interpreter.get_output_details()[0]["index"]

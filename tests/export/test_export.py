@@ -21,9 +21,8 @@ from atrous.export.onnx import (
     export_onnx,
     export_program,
 )
-from atrous.hub.published import load_model
+from atrous.hub.load import load, load_segmenter
 from atrous.inference.fast import optimize_for_inference
-from atrous.inference.predict import load_segmenter
 from atrous.models.zoo import create_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +112,7 @@ def test_large_logits_pass_the_export_and_fast_path_checks(untrained_resnet101, 
     output = tmp_path / "r101.onnx"
     assert main(["export", "--model", str(untrained_resnet101), "--output", str(output)]) == 0
     assert capsys.readouterr().out.count("ONNX Runtime vs eager") == 2
-    network = optimize_for_inference(load_model(untrained_resnet101))
+    network = optimize_for_inference(load(untrained_resnet101))
     agreement = network.report.agreement
     assert network.report.backend == "onnxruntime" and agreement.scale > 100
     assert network.report.tolerance >= RELATIVE_TOLERANCE
@@ -143,10 +142,11 @@ def test_a_wrong_graph_still_fails_the_check(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
+def test_exports_leave_the_aux_head_out_and_take_the_models_bands_and_stride(tmp_path):
     """Neither the ONNX graph, its metadata nor the torch.export program holds the auxiliary head
     (torch.export would otherwise keep its unused parameters); the model keeps it. A 4-band
-    model exports and checks with 4-band images."""
+    model exports and checks with 4-band images; one switched to OS8 exports at OS8 and its
+    metadata says so."""
     torch.manual_seed(0)
     model = create_model(
         "deeplabv3plus_mobilenetv2",
@@ -155,6 +155,7 @@ def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
         aux_head=True,
         in_channels=4,
     )
+    model.set_output_stride(8)
     report = export_onnx(model, tmp_path / "aux.onnx")
     assert all(a.relative_diff <= report.tolerance[k] for k, a in report.agreement.items())
     proto = onnx.load(tmp_path / "aux.onnx")
@@ -162,7 +163,7 @@ def test_exports_leave_the_aux_head_out_and_take_the_models_bands(tmp_path):
     names = [tensor.name for tensor in proto.graph.initializer]
     assert "classifier.weight" in names and not any("aux_head" in n for n in names)
     metadata = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
-    assert metadata["config"]["aux_head"] is False
+    assert metadata["config"]["aux_head"] is False and metadata["config"]["output_stride"] == 8
     program = torch.export.load(export_program(model, tmp_path / "aux.pt2"))
     expected = {k for k in model.state_dict() if not k.startswith("aux_head.")}
     assert set(program.state_dict) | set(program.constants) >= expected

@@ -31,6 +31,7 @@ from atrous.hub.download import (
     downloads_folder,
     extract_archive,
 )
+from atrous.hub.load import load
 from atrous.hub.registry import REGISTRY, get_published
 
 DATA = np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
@@ -280,7 +281,7 @@ def test_hugging_face_falls_back_to_pytorch_model_bin(tmp_path, monkeypatch):
     files = [tmp_path / "hf" / "config.json", tmp_path / "hf" / "pytorch_model.bin"]
     use_offline_hf_cache(monkeypatch, tmp_path / "hub", repo, files)
     monkeypatch.setenv("ATROUS_CACHE", str(tmp_path / "cache"))
-    model = published.load_model("hf:google/deeplabv3_mobilenet_v2_1.0_513")
+    model = load("hf:google/deeplabv3_mobilenet_v2_1.0_513")
     record = json.loads((cached_folder(f"hf:{repo}") / "source.json").read_text())
     assert record["file"] == "pytorch_model.bin"
     images = torch.randn(1, 3, 65, 65, generator=torch.Generator().manual_seed(0))

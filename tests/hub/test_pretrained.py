@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import randomize_bn, use_offline_hf_cache
 
-from atrous import DeepLab, DeepLabV3, create_model, list_models, list_published, load_model
+from atrous import DeepLab, DeepLabV3, create_model, list_models, list_published, load
 from atrous.data import SyntheticScenes
 from atrous.models.checkpoint import load_checkpoint
 
@@ -45,7 +45,7 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path):
     assert saved["palette"] == [list(c) for c in PALETTE]
     assert saved["mean"] == list(model.config.mean) and saved["std"] == list(model.config.std)
 
-    loaded = load_model(tmp_path)
+    loaded = load(tmp_path)
     assert not loaded.training and loaded.output_stride == 8
     assert loaded.config == model.config.replace(output_stride=8)
     assert loaded.class_names == CLASSES and loaded.palette == PALETTE
@@ -76,7 +76,7 @@ class Payload:
         return (Path.touch, (self.path,))
 
 
-def test_load_model_never_unpickles(tmp_path):
+def test_load_never_unpickles(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"classifier.weight": Payload(marker)}, evil)
@@ -86,12 +86,15 @@ def test_load_model_never_unpickles(tmp_path):
 
     shutil.copy(evil, folder / "model.pt")  # a pickle in place of the weights
     with pytest.raises(ValueError, match=r"has no model\.safetensors \(found: .*model\.pt"):
-        load_model(folder)
+        load(folder)
     (folder / "model.pt").rename(folder / "model.safetensors")  # a pickle under the right name
     with pytest.raises(ValueError, match=r"model\.safetensors is not a valid safetensors file"):
-        load_model(folder)
-    with pytest.raises(ValueError, match=r"evil\.pt is a file; .*never unpickles"):
-        load_model(evil)
+        load(folder)
+    with pytest.raises(ValueError, match=r"evil\.pt: it holds objects besides tensors.*refused"):
+        load(evil)  # a training checkpoint's ending: read with weights_only=True
+    shutil.copy(evil, tmp_path / "evil.bin")
+    with pytest.raises(ValueError, match=r"evil\.bin: atrous\.load reads .* never unpickles"):
+        load(tmp_path / "evil.bin")
     assert not marker.exists()
     # The file was live: unpickling it runs the payload.
     with pytest.raises(pickle.UnpicklingError):
@@ -104,7 +107,7 @@ def test_other_class_count_is_an_error_listing_shapes_or_a_fresh_classifier(tmp_
     model = small_model(num_classes=4)
     model.save_pretrained(tmp_path, class_names=CLASSES)
     with pytest.raises(ValueError) as error:
-        load_model(tmp_path, num_classes=7)
+        load(tmp_path, num_classes=7)
     message = str(error.value)
     assert "2 differ in shape" in message
     assert "classifier.weight (weights (4, 256, 1, 1), model (7, 256, 1, 1))" in message
@@ -113,7 +116,7 @@ def test_other_class_count_is_an_error_listing_shapes_or_a_fresh_classifier(tmp_
 
     torch.manual_seed(1)
     with pytest.warns(UserWarning, match=r"classifier\.weight") as record:
-        tuned = load_model(tmp_path, num_classes=7, strict=False)
+        tuned = load(tmp_path, num_classes=7, strict=False)
     assert "2 differ in shape" in str(record[0].message)
     assert tuned.num_classes == 7 and tuned.config.num_classes == 7
     assert tuned.class_names is None  # the checkpoint's names describe other classes
@@ -133,7 +136,7 @@ def test_wrong_backbone_is_an_error_listing_keys(tmp_path):
     config["model"]["aspp_rates"] = None
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError) as error:
-        load_model(tmp_path)
+        load(tmp_path)
     message = str(error.value)
     assert "missing from the weights: backbone.conv1.weight (64, 3, 7, 7)" in message
     assert "differ in shape: aspp.convs.0.0.weight (weights (256, 80, 1, 1), model (256, 2048" in (
@@ -149,13 +152,13 @@ def test_config_json_is_checked(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "format_version": 99}))
     with pytest.raises(ValueError, match="format_version: 99"):
-        load_model(tmp_path)
+        load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "mean": [0.5, 0.5, 0.5]}))
     with pytest.raises(ValueError, match="mean"):
-        load_model(tmp_path)
+        load(tmp_path)
     (tmp_path / "config.json").unlink()
     with pytest.raises(ValueError, match=r"has no config\.json"):
-        load_model(tmp_path)
+        load(tmp_path)
     with pytest.raises(ValueError, match="holds a DeepLabV3Plus, not a DeepLabV3"):
         small_model().save_pretrained(tmp_path)
         DeepLabV3.from_pretrained(tmp_path)
@@ -167,16 +170,16 @@ def test_repo_id_is_read_from_the_hugging_face_cache_offline(tmp_path, monkeypat
     model.save_pretrained(folder, class_names=CLASSES)
     files = [folder / "config.json", folder / "model.safetensors"]
     use_offline_hf_cache(monkeypatch, tmp_path / "hf", "someone/tiny-deeplab", files)
-    loaded = load_model("someone/tiny-deeplab")
+    loaded = load("someone/tiny-deeplab")
     assert loaded.class_names == CLASSES
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, model.state_dict()[key]), key
     with pytest.raises(FileNotFoundError, match="no such folder, and no Hugging Face model repo"):
-        load_model("someone/not-cached")
+        load("someone/not-cached")
 
 
 def test_training_saves_the_best_model_with_class_names(tiny_run):
-    loaded = load_model(tiny_run / "model")
+    loaded = load(tiny_run / "model")
     assert loaded.class_names == SyntheticScenes.classes
     assert loaded.palette == SyntheticScenes.palette
     best = load_checkpoint(tiny_run / "best.pt")["model"]

@@ -66,7 +66,7 @@ def test_first_use_downloads_checks_converts_and_later_uses_read_the_cache_offli
 ):
     folder, server = file_server
     data = voc_tarball(folder)
-    model = atrous.load_model(NAME)
+    model = atrous.load(NAME)
     assert model.num_classes == 21 and model.class_names == VOC_CLASSES
     assert model.config.image_pool_crop_size == (513, 513) and model.config.mean == (0.5,) * 3
     record = json.loads((cached_folder(NAME) / "source.json").read_text())
@@ -144,7 +144,7 @@ def test_unknown_names_and_imagenet_backbones_are_clear_errors(capsys):
     assert main(["predict", "x.jpg", "--model", "tf:no_such_model"]) == 2
     assert "unknown published checkpoint 'tf:no_such_model'" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"ImageNet backbone.*--run.backbone_weights"):
-        atrous.load_model("tf:xception65_imagenet")
+        atrous.load("tf:xception65_imagenet")
 
 
 def test_every_figure_states_its_split_and_trainval_figures_are_test_figures():

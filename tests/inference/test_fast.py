@@ -17,7 +17,7 @@ import atrous
 from atrous.cli import main
 from atrous.data import build_dataset
 from atrous.export.onnx import OnnxNetwork
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 from atrous.inference.fast import (
     FastCheckError,
     fold_batchnorm,
@@ -32,7 +32,7 @@ from atrous.training.loop import train
 def trained(tiny_run):
     """The 12-iteration tiny run's model (MobileNetV2 ×0.25, 6 classes) and its validation
     images, normalised."""
-    model = load_model(tiny_run / "model")
+    model = load(tiny_run / "model")
     config = TrainConfig.from_dict(yaml.safe_load((tiny_run / "config.yaml").read_text()))
     dataset = build_dataset(config.data, "val")
     images = [dataset.load(i)[0] for i in range(len(dataset))]
@@ -49,7 +49,7 @@ def multiclass(tmp_path_factory):
     train(tiny_config(output_dir, iterations=100, val_every=100, log_every=50))
     config = TrainConfig.from_dict(yaml.safe_load((output_dir / "config.yaml").read_text()))
     dataset = build_dataset(config.data, "val")
-    return load_model(output_dir / "model"), [dataset.load(i)[0] for i in range(len(dataset))]
+    return load(output_dir / "model"), [dataset.load(i)[0] for i in range(len(dataset))]
 
 
 def _logits(model, batch):

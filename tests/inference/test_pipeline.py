@@ -11,8 +11,9 @@ from PIL import Image
 from atrous.data import build_dataset
 from atrous.data.synthetic import render_scene
 from atrous.evaluation.evaluate import evaluate_dataset
+from atrous.hub.load import load_segmenter
 from atrous.inference.pipeline import BackgroundWriter, PipelineConfig, batches_by_size
-from atrous.inference.predict import load_segmenter, predict_files
+from atrous.inference.predict import predict_files
 from atrous.runtime.distributed import DistributedEnv
 from atrous.training.config import TrainConfig
 

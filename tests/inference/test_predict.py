@@ -10,7 +10,8 @@ from atrous.data import build_dataset
 from atrous.data.synthetic import render_scene
 from atrous.evaluation.evaluate import evaluate_dataset
 from atrous.evaluation.metrics import ConfusionMatrix
-from atrous.inference.predict import expand_inputs, load_segmenter, predict_files
+from atrous.hub.load import load_segmenter
+from atrous.inference.predict import expand_inputs, predict_files
 from atrous.runtime.distributed import DistributedEnv
 from atrous.training.config import TrainConfig
 

@@ -12,7 +12,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
 from atrous.data import SyntheticScenes
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 from atrous.models.model import DeepLab
 from atrous.models.summary import TrainingSummary
 from atrous.models.zoo import create_model
@@ -20,7 +20,7 @@ from atrous.models.zoo import create_model
 
 def test_training_writes_a_model_card_with_classes_recipe_and_scores(tiny_run):
     card = (tiny_run / "model" / "README.md").read_text()
-    summary = load_model(tiny_run / "model").training_summary
+    summary = load(tiny_run / "model").training_summary
     assert card.startswith("---\n") and "library_name: atrous" in card
     assert "pipeline_tag: image-segmentation" in card
     assert "# DeepLabV3+ mobilenetv2, output stride 16" in card
@@ -36,16 +36,16 @@ def test_training_writes_a_model_card_with_classes_recipe_and_scores(tiny_run):
 
 
 def test_training_summary_round_trips_and_rejects_unknown_keys(tiny_run, tmp_path):
-    model = load_model(tiny_run / "model")
+    model = load(tiny_run / "model")
     model.save_pretrained(tmp_path)
-    again = load_model(tmp_path)
+    again = load(tmp_path)
     assert again.training_summary == model.training_summary
     assert (tmp_path / "README.md").read_text() == (tiny_run / "model" / "README.md").read_text()
     config = json.loads((tmp_path / "config.json").read_text())
     config["training"]["epochs"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"unknown training keys \['epochs'\]"):
-        load_model(tmp_path)
+        load(tmp_path)
     with pytest.raises(ValueError, match="lacks"):
         TrainingSummary.from_dict({"dataset": "voc"}, "here")
 
@@ -56,7 +56,7 @@ def test_a_converted_model_card_says_training_is_unknown(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "# DeepLabV3 mobilenetv2, output stride 16" in card
     assert "Mult-Adds at 513×513" in card and "Not recorded" in card
-    assert load_model(tmp_path).training_summary is None
+    assert load(tmp_path).training_summary is None
 
 
 def test_from_pretrained_reads_the_hugging_face_cache_with_hub_offline(
@@ -84,7 +84,7 @@ def test_from_pretrained_reads_the_hugging_face_cache_with_hub_offline(
 
 
 def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny_run, monkeypatch):
-    model = load_model(tiny_run / "model")
+    model = load(tiny_run / "model")
     uploaded: dict[str, bytes] = {}
     calls = []
 
@@ -124,7 +124,7 @@ def test_saved_models_leave_the_aux_head_out(tmp_path):
     assert set(saved) == {k for k in state if not k.startswith("aux_head.")}
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["model"]["aux_head"] is False
-    loaded = load_model(tmp_path / "model")
+    loaded = load(tmp_path / "model")
     assert loaded.aux_head is None and loaded.config == model.config.replace(aux_head=False)
     assert model.aux_head is not None and model.config.aux_head  # saving changed nothing
     x = torch.randn(1, 3, 49, 49)
@@ -132,7 +132,7 @@ def test_saved_models_leave_the_aux_head_out(tmp_path):
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     # A fine-tuning start keeps it, but is not published.
     model.save_pretrained(tmp_path / "start", keep_aux_head=True)
-    start = load_model(tmp_path / "start")
+    start = load(tmp_path / "start")
     assert torch.equal(start.aux_head[4].weight, model.aux_head[4].weight)
     with pytest.raises(ValueError, match="push without it"):
         model.save_pretrained(tmp_path / "hub", keep_aux_head=True, push_to_hub=True)
@@ -149,11 +149,11 @@ def test_a_four_band_model_saves_its_normalisation(tmp_path):
         "| input normalisation | mean [0.485, 0.456, 0.406, 0.485]"
         in (tmp_path / "README.md").read_text()
     )
-    loaded = load_model(tmp_path)
+    loaded = load(tmp_path)
     x = torch.randn(1, 4, 49, 49)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     config["mean"] = config["mean"][:3]
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"mean \[0.485, 0.456, 0.406\] differs"):
-        load_model(tmp_path)
+        load(tmp_path)

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from atrous.apps.demo import demo_config
 from atrous.data import build_dataset
 from atrous.evaluation.evaluate import evaluate_dataset
-from atrous.hub.published import load_model
+from atrous.hub.load import load
 from atrous.models.checkpoint import load_checkpoint
 from atrous.models.zoo import build_model, get_config
 from atrous.runtime.distributed import DistributedEnv
@@ -172,7 +172,7 @@ def test_the_class_count_defaults_to_the_datasets(tmp_path):
     train(config)
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["model"]["num_classes"] == 6
-    assert load_model(tmp_path / "model").num_classes == 6
+    assert load(tmp_path / "model").num_classes == 6
 
 
 def test_recipes_parse_and_build(tmp_path):
@@ -233,7 +233,7 @@ def test_bf16_training_runs(tmp_path):
 @pytest.mark.slow
 def test_training_starts_from_backbone_weights_and_saved_models(tiny_run, tmp_path):
     env = DistributedEnv(0, 1, 0, torch.device("cpu"))
-    saved = load_model(tiny_run / "model")
+    saved = load(tiny_run / "model")
     backbone_file = tmp_path / "backbone.safetensors"
     save_file(saved.backbone.state_dict(), backbone_file)
     config = tiny_config(tmp_path, backbone_weights=str(backbone_file))

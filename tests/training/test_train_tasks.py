@@ -16,8 +16,8 @@ from PIL import Image
 
 import atrous.training.loop
 from atrous.cli import main
-from atrous.hub.published import load_model
-from atrous.inference.predict import load_segmenter, predict_files
+from atrous.hub.load import load, load_segmenter
+from atrous.inference.predict import predict_files
 from atrous.training.config import TrainConfig
 from atrous.training.loop import train
 from atrous.training.losses import LossConfig
@@ -64,7 +64,7 @@ def test_binary_0_255_masks_train_to_a_high_foreground_iou(tmp_path):
     result = train(dataclasses.replace(config, run=run))
     foreground = result.scores.foreground()
     assert foreground.iou >= 0.9, foreground
-    model = load_model(result.output_dir / "model")
+    model = load(result.output_dir / "model")
     assert model.config.task == "binary" and model.num_classes == 2
     record = json.loads((result.output_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["val_fg_iou"] == pytest.approx(foreground.iou)
@@ -140,7 +140,7 @@ def test_four_band_tiffs_train_and_the_aux_head_stays_out_of_the_saved_model(tmp
     result = train(dataclasses.replace(config, run=run))
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").open()]
     assert all(r["aux"] > 0 for r in records if "loss" in r)
-    model = load_model(result.output_dir / "model")
+    model = load(result.output_dir / "model")
     assert model.config.in_channels == 4 and len(model.config.mean) == 4
     assert model.aux_head is None and not model.config.aux_head
     with pytest.raises(ValueError, match="reads 4 image bands"):

@@ -19,7 +19,7 @@ from PIL import Image
 from atrous.data import DataConfig, SyntheticScenes, build_dataset
 from atrous.data.visualize import colorize, overlay, palette_image
 from atrous.evaluation.metrics import SegmentationScores
-from atrous.inference.predict import load_segmenter
+from atrous.hub.load import load_segmenter
 from atrous.models.zoo import get_config
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 from atrous.training.loop import train

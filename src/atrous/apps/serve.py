@@ -30,15 +30,10 @@ from PIL import Image
 
 from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
 from atrous.data.visualize import overlay, palette_image
-from atrous.hub.published import resolve_source
-from atrous.inference.predict import (
-    DEMO_MODEL,
-    Segmenter,
-    fast_segmenter,
-    load_segmenter,
-    segment_file,
-)
+from atrous.hub.load import load_segmenter
+from atrous.inference.predict import DEMO_MODEL, Segmenter, fast_segmenter, segment_file
 from atrous.inference.strategies import PAPER_SCALES, InferenceConfig
+from atrous.models.card import model_card_text
 from atrous.models.model import DeepLab
 
 #: Uploads larger than this many megabytes are refused by the server.
@@ -132,6 +127,11 @@ class PageModel:
         self._lock = threading.Lock()
         self.closed = False
 
+    @property
+    def network(self) -> DeepLab:
+        """The model as loaded (the page's card describes it)."""
+        return self._native.network
+
     def segmenter(self, options: PageOptions) -> Segmenter:
         if options not in self._segmenters:
             network = copy.deepcopy(self._native.network)
@@ -208,18 +208,6 @@ def write_samples(folder: Path) -> list[Path]:
     return paths
 
 
-def read_card(source: Path) -> str:
-    """The model card's Markdown without its YAML header, or a note that there is none."""
-    card = source / "README.md"
-    if not card.is_file():
-        return "This model has no model card (README.md)."
-    text = card.read_text(encoding="utf-8")
-    if text.startswith("---"):
-        end = text.find("\n---", 3)
-        text = text[end + 4 :] if end != -1 else text
-    return text.strip()
-
-
 CSS = """
 .legend { border-collapse: collapse; }
 .legend td, .legend th { padding: 2px 10px; text-align: left; }
@@ -286,7 +274,7 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
                     legend = gr.HTML(elem_id="legend")
                     mask = gr.File(label="Mask (palette PNG of class indices)", elem_id="mask")
         with gr.Accordion("Model card", open=False):
-            gr.Markdown(read_card(model.source))
+            gr.Markdown(model_card_text(model.network))
         outputs = [shown, coloured, legend, mask, status, current, upload]
         options = [stride, multi, fast]
         upload.upload(handle, [upload, *options], outputs)
@@ -340,11 +328,10 @@ def launch(
     """Start the page for ``model`` on ``host:port``. With ``block`` it serves until
     interrupted; otherwise the server runs in a background thread until ``close()``."""
     _gradio()  # before anything is created
-    source = resolve_source(model)  # a published checkpoint: fetched once
-    is_demo = source == Path(DEMO_MODEL)
-    if is_demo and not source.is_dir():
+    is_demo = Path(model) == Path(DEMO_MODEL)
+    if is_demo and not Path(model).is_dir():
         raise FileNotFoundError(
-            f"no model at {source}: run `atrous demo` first, or name a saved model folder"
+            f"no model at {model}: run `atrous demo` first, or name a saved model folder"
         )
     workdir = Path(tempfile.mkdtemp(prefix="atrous-serve-"))
     previous_temp_dir = os.environ.get("GRADIO_TEMP_DIR")
@@ -352,7 +339,7 @@ def launch(
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        page_model = PageModel(source, workdir)
+        page_model = PageModel(model, workdir)  # any source atrous.load takes
         page = build_page(page_model, is_demo)
         page.queue(default_concurrency_limit=1)
         page.launch(
@@ -370,7 +357,7 @@ def launch(
         _restore_temp_dir(previous_temp_dir)
         raise
     server = Server(f"http://{host}:{page.server_port}", page_model, page, previous_temp_dir)
-    announce(f"atrous serve: {source} on {server.url} (uploads in {workdir})")
+    announce(f"atrous serve: {model} on {server.url} (uploads in {workdir})")
     if block:
         try:
             page.block_thread()

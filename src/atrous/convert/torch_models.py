@@ -35,13 +35,11 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_weight
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights
 
-from atrous.data import dataset_labels
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 from atrous.models.backbones.weights import WEIGHT_FILE_SUFFIXES
-from atrous.models.checkpoint import load_checkpoint, load_weights, read_safetensors, read_weights
+from atrous.models.checkpoint import load_weights, read_safetensors, read_weights
 from atrous.models.config import ModelConfig
 from atrous.models.model import DeepLab, build_model
-from atrous.training.config import TrainConfig
 
 Rules = tuple[tuple[str, str], ...]
 State = dict[str, torch.Tensor]
@@ -248,7 +246,7 @@ def from_smp(
     source: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
     *,
     output_stride: int | None = None,
-    atrous_rates: Sequence[int] | None = None,
+    aspp_rates: Sequence[int] | None = None,
 ) -> DeepLab:
     """An smp ``DeepLabV3Plus`` (ResNet-50/101 encoder) as an atrous DeepLabV3+, same logits.
 
@@ -270,8 +268,8 @@ def from_smp(
         settings.update({k: v for k, v in saved.items() if v is not None})
     if output_stride is not None:
         settings["encoder_output_stride"] = output_stride
-    if atrous_rates is not None:
-        settings["decoder_atrous_rates"] = tuple(atrous_rates)
+    if aspp_rates is not None:
+        settings["decoder_atrous_rates"] = tuple(aspp_rates)
     if settings["encoder_depth"] != 5 or settings["upsampling"] != 4:
         raise ValueError(
             "only smp DeepLabV3Plus with encoder_depth=5 and upsampling=4 (the defaults) "
@@ -302,19 +300,6 @@ def from_smp(
     return _convert(rename(state, SMP_RULES, SMP_DROPPED), config, "smp")
 
 
-def from_checkpoint(path: str | os.PathLike) -> DeepLab:
-    """The model of an atrous training checkpoint (``best.pt``/``last.pt``), read tensors-only,
-    with its dataset's class names and colours when the run's data config tells them: the one
-    checkpoint loader of prediction, evaluation, conversion and training's final export."""
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not an atrous training checkpoint (no model/config)")
-    run = TrainConfig.from_dict(state["config"])
-    model = _convert(state["model"], run.model, f"{path}")
-    model.class_names, model.palette = dataset_labels(run.data)
-    return model
-
-
 def convert(
     source: str,
     kind: Literal["torchvision", "smp", "checkpoint"],
@@ -322,13 +307,13 @@ def convert(
     class_names: list[str] | None = None,
     palette: list[list[int]] | None = None,
     output_stride: int | None = None,
-    atrous_rates: list[int] | None = None,
+    aspp_rates: list[int] | None = None,
     aux_head: bool = False,
 ) -> Path:
     """Convert a model from torchvision, smp or an atrous training run into an atrous model folder.
 
     The folder holds ``model.safetensors`` and ``config.json`` and loads with
-    ``atrous.load_model``. Nothing is unpickled: ``.pth`` files are read with ``weights_only=True``.
+    ``atrous.load``. Nothing is unpickled: ``.pth`` files are read with ``weights_only=True``.
 
     Args:
         source: torchvision: a weights name such as
@@ -340,21 +325,21 @@ def convert(
         class_names: one name per class (torchvision's published weights bring PASCAL VOC's).
         palette: one [r, g, b] colour per class.
         output_stride: smp weights files only: the output stride they were trained at (16).
-        atrous_rates: smp weights files only: the ASPP rates (12, 24, 36).
+        aspp_rates: smp weights files only: the ASPP rates (12, 24, 36).
         aux_head: torchvision only: keep its auxiliary FCN head in the folder, a starting point
             for fine-tuning with an auxiliary loss (``--run.init_from`` with
             ``--model.aux_head true``); saved inference models otherwise leave it out.
     """
-    if kind != "smp" and (output_stride is not None or atrous_rates is not None):
-        raise ValueError("output_stride and atrous_rates apply to smp sources only")
+    if kind != "smp" and (output_stride is not None or aspp_rates is not None):
+        raise ValueError("output_stride and aspp_rates apply to smp sources only")
     if aux_head and kind != "torchvision":
         raise ValueError("aux_head applies to torchvision sources only")
     if kind == "torchvision":
         model = from_torchvision(source, aux_head=aux_head)
     elif kind == "smp":
-        model = from_smp(source, output_stride=output_stride, atrous_rates=atrous_rates)
+        model = from_smp(source, output_stride=output_stride, aspp_rates=aspp_rates)
     elif kind == "checkpoint":
-        model = from_checkpoint(source)
+        model = DeepLab.from_checkpoint(source)
     else:
         raise ValueError(f"kind must be 'torchvision', 'smp' or 'checkpoint', got {kind!r}")
     model.save_pretrained(output, class_names=class_names, palette=palette, keep_aux_head=aux_head)

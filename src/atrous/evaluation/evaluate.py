@@ -7,13 +7,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from operator import attrgetter
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from atrous.data import DataConfig
 from atrous.data.base import SegmentationDataset
 from atrous.data.transforms import normalisation
 from atrous.evaluation.metrics import (
@@ -24,6 +27,7 @@ from atrous.evaluation.metrics import (
 )
 from atrous.evaluation.protocols import ATROUS, EvalProtocol, prepare_pair, protocol_probabilities
 from atrous.inference.pipeline import PipelineConfig, batches_by_size, decoded_items
+from atrous.inference.predict import Segmenter
 from atrous.inference.strategies import InferenceConfig, Network
 from atrous.runtime.distributed import DistributedEnv
 from atrous.runtime.precision import autocast
@@ -208,3 +212,54 @@ def scores_to_dict(
         foreground = asdict(scores.foreground())
         result["foreground"] = {key: number(value) for key, value in foreground.items()}
     return result
+
+
+def evaluate_segmenter(
+    segmenter: Segmenter,
+    dataset: SegmentationDataset,
+    env: DistributedEnv,
+    progress: bool = True,
+    trimap: Sequence[int] = (),
+    trimap_source: str = "void",
+    pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+    protocol: EvalProtocol = ATROUS,
+) -> Evaluation:
+    """Confusion matrices of ``segmenter`` over ``dataset`` (split over ``env``'s processes),
+    with the same normalisation, precision and inference it gives every image; ``protocol``:
+    atrous's own or a published source's."""
+    return evaluate_dataset(
+        segmenter.network,
+        dataset,
+        segmenter.mean,
+        segmenter.std,
+        env,
+        segmenter.precision,
+        progress,
+        segmenter.inference,
+        trimap,
+        trimap_source,
+        pipeline,
+        segmenter.multilabel,
+        protocol,
+    )
+
+
+def run_data_config(model: str | Path) -> DataConfig:
+    """The dataset a model was trained on, from its run's ``config.yaml`` (beside a checkpoint
+    or beside the saved ``model/`` folder that training writes)."""
+    path = Path(model)
+    for candidate in (path.parent / "config.yaml", path / "config.yaml"):
+        if candidate.is_file():
+            run = yaml.safe_load(candidate.read_text())
+            data = run.get("data") if isinstance(run, dict) else None
+            return DataConfig(**(data or {}))
+    raise ValueError(
+        f"cannot tell which dataset {path} was trained on (no config.yaml beside it); "
+        "name one with --data.dataset and --data.root"
+    )
+
+
+def default_report_path(model: str | Path, split: str) -> Path:
+    """``eval_<split>.json`` in the model's folder (its run folder for a checkpoint file)."""
+    path = Path(model)
+    return (path if path.is_dir() else path.parent) / f"eval_{split}.json"

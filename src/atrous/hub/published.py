@@ -1,4 +1,4 @@
-"""Published checkpoints, one call away: ``load_model("tf:xception65_coco_voc_trainaug")``.
+"""Published checkpoints, one call away: ``atrous.load("tf:xception65_coco_voc_trainaug")``.
 
 This module turns a registry name (:mod:`atrous.hub.registry`) into a converted model folder
 and a model. The first use downloads the publisher's file (verified by
@@ -36,8 +36,7 @@ from atrous.hub.download import (
     extract_archive,
     sha256_of,
 )
-from atrous.hub.registry import Published, get_published, is_published
-from atrous.models.model import DeepLab
+from atrous.hub.registry import Published, get_published
 
 #: The files of a model-zoo tarball that conversion reads (the frozen graph is not needed).
 CHECKPOINT_PARTS = (".index", ".data-")
@@ -153,32 +152,9 @@ def fetch(name: str, progress: bool = True) -> Path:
     return final
 
 
-def load_model(source: str | Path, **kwargs: Any) -> DeepLab:
-    """A saved model folder, a Hugging Face Hub repo id, or a published checkpoint's name
-    (``tf:xception65_coco_voc_trainaug``: downloaded and converted on first use), in eval mode.
-    Keyword arguments are :meth:`DeepLab.from_pretrained`'s: ``num_classes`` with
-    ``strict=False`` fine-tunes on another dataset (every tensor that fits loads, the classifier
-    keeps a fresh initialisation and a warning lists what was skipped), ``map_location``,
-    ``local_files_only``."""
-    if is_published(source):
-        entry = get_published(str(source))
-        if entry.dataset is None:
-            raise ValueError(
-                f"{entry.name} is an ImageNet backbone, not a segmentation model: start training "
-                f"from it with --run.backbone_weights {entry.name}"
-            )
-        source = fetch(entry.name)
-    return DeepLab.from_pretrained(source, **kwargs)
-
-
 def backbone_weights_file(name: str) -> Path:
     """``backbone.safetensors`` of a published ImageNet checkpoint (fetched on first use)."""
     entry = get_published(name)
     if entry.dataset is not None:
         raise ValueError(f"{name} is a segmentation model; fine-tune it with --run.init_from")
     return fetch(name) / "backbone.safetensors"
-
-
-def resolve_source(source: str | Path) -> Path:
-    """The local path of a model argument: a published checkpoint's fetched folder, or itself."""
-    return fetch(str(source)) if is_published(str(source)) else Path(source)

@@ -310,7 +310,7 @@ register(
 
 
 def list_published() -> list[str]:
-    """Names accepted by ``load_model`` besides folders and Hub repos, sorted."""
+    """Names ``atrous.load`` accepts besides folders, files and Hub repos, sorted."""
     return sorted(REGISTRY)
 
 

@@ -5,6 +5,8 @@ normalisation as evaluation and the same
 :func:`~atrous.inference.strategies.segment` strategies, so a
 prediction equals what validation scored (a common complaint about DeepLab code: standalone
 results differ from validation). ``atrous predict``, the demo and the demo page all use it.
+It takes a model (:meth:`Segmenter.from_model`) or an exported ``.onnx`` file; finding a model by
+name is ``atrous.load``'s job (:func:`atrous.hub.load.load_segmenter` does both).
 """
 
 from __future__ import annotations
@@ -18,21 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from atrous.convert.torch_models import from_checkpoint
-from atrous.data import DataConfig, SegmentationDataset
 from atrous.data.base import Task
 from atrous.data.folder import IMAGE_SUFFIXES
 from atrous.data.io import DataError, read_image
 from atrous.data.palettes import voc_palette
 from atrous.data.visualize import colorize, overlay, overlay_multilabel, palette_image
-from atrous.evaluation.evaluate import Evaluation, evaluate_dataset
-from atrous.evaluation.protocols import ATROUS, EvalProtocol
 from atrous.export.onnx import OnnxNetwork
-from atrous.hub.published import load_model, resolve_source
 from atrous.inference.fast import (
     CALIBRATION_IMAGES,
     Backend,
@@ -56,9 +52,7 @@ from atrous.inference.strategies import (
     segment,
 )
 from atrous.models.model import DeepLab
-from atrous.runtime.distributed import DistributedEnv
 from atrous.runtime.precision import autocast
-from atrous.training.config import TrainConfig
 
 #: Where ``atrous demo`` saves its model; the default of ``atrous predict``/``eval``/``export``.
 DEMO_MODEL = "runs/demo/model"
@@ -115,33 +109,61 @@ class Segmenter:
         """(H, W, 3) uint8 RGB → (H, W) uint8 label map; multilabel: (C, H, W) uint8 of 0/1."""
         return self.labels(normalise_images([image], self.mean, self.std)[0])[0]
 
-    def evaluate(
-        self,
-        dataset: SegmentationDataset,
-        env: DistributedEnv,
-        progress: bool = True,
-        trimap: Sequence[int] = (),
-        trimap_source: str = "void",
-        pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
-        protocol: EvalProtocol = ATROUS,
-    ) -> Evaluation:
-        """Confusion matrices of this segmenter over ``dataset`` (split over ``env``'s
-        processes), with the same normalisation, precision and inference as every image;
-        ``protocol``: atrous's own or a published source's."""
-        return evaluate_dataset(
-            self.network,
-            dataset,
-            self.mean,
-            self.std,
-            env,
-            self.precision,
-            progress,
-            self.inference,
-            trimap,
-            trimap_source,
-            pipeline,
-            self.multilabel,
-            protocol,
+    @classmethod
+    def from_model(
+        cls,
+        model: DeepLab,
+        inference: InferenceConfig | None = None,
+        precision: str = "fp32",
+        device: str | torch.device = "cpu",
+    ) -> Segmenter:
+        """A segmenter of ``model`` (moved to ``device``, in eval mode), with its normalisation,
+        classes and task. An ``inference`` output stride is set on the model once (the model
+        becomes this segmenter's: its ``config`` then reports that stride)."""
+        if model.config is None:
+            raise ValueError("the model has no .config; build it with atrous.create_model")
+        model = model.to(device).eval()
+        inference = inference or InferenceConfig()
+        if inference.output_stride is not None:
+            model.set_output_stride(inference.output_stride)
+            inference = dataclasses.replace(inference, output_stride=None)
+        config = model.config
+        return cls(
+            model,
+            config.mean,
+            config.std,
+            config.num_classes,
+            model.class_names,
+            model.palette,
+            inference,
+            precision,
+            torch.device(device),
+            config.task,
+        )
+
+    @classmethod
+    def from_onnx(
+        cls, path: str | Path, inference: InferenceConfig | None = None, precision: str = "fp32"
+    ) -> Segmenter:
+        """A segmenter of an ``.onnx`` file written by ``atrous export`` (ONNX Runtime, CPU),
+        its classes and normalisation read from the file's metadata."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no ONNX file at {path}")
+        network = OnnxNetwork(path)
+        meta = network.metadata
+        if not meta:
+            raise ValueError(f"{path} has no atrous metadata; export it with `atrous export`")
+        return cls(
+            network,
+            meta["mean"],
+            meta["std"],
+            meta["num_classes"],
+            meta["class_names"],
+            meta["palette"],
+            inference or InferenceConfig(),
+            precision,
+            torch.device("cpu"),
+            meta.get("config", {}).get("task", "multiclass"),
         )
 
 
@@ -315,81 +337,6 @@ def predict_files(
     report.written = [path for paths in writer.results for path in paths]
     report.segmented = len(writer.results)
     return report
-
-
-def load_segmenter(
-    source: str | Path,
-    inference: InferenceConfig | None = None,
-    precision: str = "fp32",
-    device: str | torch.device = "cpu",
-) -> Segmenter:
-    """A :class:`Segmenter` from a saved model folder, a training checkpoint (``.pt``, read
-    with ``weights_only=True``), an exported ``.onnx`` file, or a published checkpoint's name
-    (``tf:…``, fetched once)."""
-    path = resolve_source(source)
-    device = torch.device(device)
-    inference = inference or InferenceConfig()
-    if path.suffix == ".onnx":
-        network = OnnxNetwork(path)
-        meta = network.metadata
-        if not meta:
-            raise ValueError(f"{path} has no atrous metadata; export it with `atrous export`")
-        return Segmenter(
-            network,
-            meta["mean"],
-            meta["std"],
-            meta["num_classes"],
-            meta["class_names"],
-            meta["palette"],
-            inference,
-            precision,
-            torch.device("cpu"),
-            meta.get("config", {}).get("task", "multiclass"),
-        )
-    if path.is_dir():
-        model = load_model(path)
-        class_names, palette = model.class_names, model.palette
-    elif path.is_file():
-        model = from_checkpoint(path)
-        class_names, palette = model.class_names, model.palette
-    else:
-        raise FileNotFoundError(f"no model at {path} (a model folder, .pt checkpoint or .onnx)")
-    model = model.to(device).eval()
-    if inference.output_stride is not None:  # applied once: the model is this segmenter's own
-        model.set_output_stride(inference.output_stride)
-        inference = dataclasses.replace(inference, output_stride=None)
-    config = model.config
-    return Segmenter(
-        model,
-        config.mean,
-        config.std,
-        config.num_classes,
-        class_names,
-        palette,
-        inference,
-        precision,
-        device,
-        config.task,
-    )
-
-
-def run_data_config(model: str | Path) -> DataConfig:
-    """The dataset a model was trained on, from its run's ``config.yaml`` (beside a checkpoint
-    or beside the saved ``model/`` folder that training writes)."""
-    path = Path(model)
-    for candidate in (path.parent / "config.yaml", path / "config.yaml"):
-        if candidate.is_file():
-            return TrainConfig.from_dict(yaml.safe_load(candidate.read_text())).data
-    raise ValueError(
-        f"cannot tell which dataset {path} was trained on (no config.yaml beside it); "
-        "name one with --data.dataset and --data.root"
-    )
-
-
-def default_report_path(model: str | Path, split: str) -> Path:
-    """``eval_<split>.json`` in the model's folder (its run folder for a checkpoint file)."""
-    path = Path(model)
-    return (path if path.is_dir() else path.parent) / f"eval_{split}.json"
 
 
 def calibration_images(inputs: Sequence[str | Path], count: int = CALIBRATION_IMAGES) -> list:

@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import html
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
 from atrous.models.summary import TrainingSummary
 
-if TYPE_CHECKING:
-    from atrous.models.model import DeepLab
+
+class CardModel(Protocol):
+    """What a card describes: a network (an ``nn.Module``, profiled) with its configuration,
+    classes and training summary. A :class:`~atrous.models.model.DeepLab` is one; naming it by
+    shape keeps the card free of an import of the model, which imports the card to save."""
+
+    config: ModelConfig | None
+    num_classes: int
+    class_names: tuple[str, ...] | None
+    palette: tuple[tuple[int, int, int], ...] | None
+    training_summary: TrainingSummary | None
+
 
 #: Input size for the card's Mult-Adds when no training crop is known (the paper's, Tables 3/5).
 PAPER_INPUT = 513
@@ -44,7 +55,7 @@ def _percent(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
-def _class_rows(model: DeepLab, summary: TrainingSummary | None) -> list[str]:
+def _class_rows(model: CardModel, summary: TrainingSummary | None) -> list[str]:
     """The classes table: index, name, colour swatch and, when known, validation IoU."""
     names = model.class_names or tuple(f"class {i}" for i in range(model.num_classes))
     ious = summary.class_iou if summary is not None and summary.class_iou else None
@@ -81,7 +92,7 @@ def _training_lines(summary: TrainingSummary | None) -> list[str]:
     return lines
 
 
-def model_card_text(model: DeepLab) -> str:
+def model_card_text(model: CardModel) -> str:
     """The card's Markdown body (without the YAML header) for a built, possibly trained model."""
     config = model.config
     assert config is not None  # checked by save_pretrained before it gets here
@@ -90,7 +101,7 @@ def model_card_text(model: DeepLab) -> str:
     total = profile_model(model, (side, side)).total  # counted on the meta device: instant
     kind = "DeepLabV3+" if config.decoder else "DeepLabV3"
     lines = [
-        f"# {kind} {config.backbone}, output stride {model.output_stride}",
+        f"# {kind} {config.backbone}, output stride {config.output_stride}",
         "",
         f"A {kind} semantic segmentation model (Chen et al., ECCV 2018, "
         "[arXiv:1802.02611](https://arxiv.org/abs/1802.02611)) saved by "
@@ -99,7 +110,7 @@ def model_card_text(model: DeepLab) -> str:
         "```python",
         "import atrous",
         "",
-        'model = atrous.load_model("path/or/repo-id")  # model.safetensors + config.json',
+        'model = atrous.load("path/or/repo-id")  # model.safetensors + config.json',
         "```",
         "",
         "## Configuration",
@@ -107,8 +118,7 @@ def model_card_text(model: DeepLab) -> str:
         "| field | value |",
         "|---|---|",
     ]
-    fields = config.to_dict() | {"output_stride": model.output_stride}
-    lines += [f"| `{name}` | `{value}` |" for name, value in fields.items()]
+    lines += [f"| `{name}` | `{value}` |" for name, value in config.to_dict().items()]
     lines += [
         f"| parameters | {total.params / 1e6:.2f} M |",
         f"| Mult-Adds at {side}×{side} | {total.mult_adds / 1e9:.2f} G |",

@@ -91,10 +91,16 @@ class DeepLab(
         return self.backbone.output_stride
 
     def set_output_stride(self, output_stride: int) -> None:
-        """Run the same weights at another output stride (paper Table 3: train 16, eval 8)."""
+        """Run the same weights at another output stride (paper Table 3: train 16, eval 8).
+
+        ``config.output_stride`` follows, so what the model saves, exports and reports says the
+        stride it runs at (ASPP rates left to the config, ``aspp_rates`` None, rescale with it).
+        """
         check_output_stride(output_stride)
         self.backbone.set_output_stride(output_stride)
         self.aspp.set_output_stride(output_stride)
+        if self.config is not None:
+            self.config = self.config.replace(output_stride=output_stride)
 
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
         """Recompute backbone activations during backward instead of keeping them (training at

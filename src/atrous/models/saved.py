@@ -28,8 +28,9 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import save_file
 
+from atrous.data import DataConfig, dataset_labels
 from atrous.models.card import model_card_text
-from atrous.models.checkpoint import load_weights, read_safetensors
+from atrous.models.checkpoint import load_checkpoint, load_weights, read_safetensors
 from atrous.models.config import ModelConfig
 from atrous.models.summary import TrainingSummary
 
@@ -132,7 +133,7 @@ class SavedModel(PyTorchModelHubMixin):
                 "save_pretrained needs model.config: build the model with atrous.build_model or "
                 "atrous.create_model"
             )
-        config = self.config.replace(output_stride=self.output_stride)
+        config = self.config
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
         data = {
@@ -162,9 +163,9 @@ class SavedModel(PyTorchModelHubMixin):
         source = Path(pretrained_model_name_or_path)
         if source.is_file():
             raise ValueError(
-                f"{source} is a file; atrous loads a folder holding {WEIGHTS_NAME} and "
-                f"{CONFIG_NAME} (written by save_pretrained), and never unpickles .pt/.pth/.bin "
-                "files, which can run code"
+                f"{source} is a file; from_pretrained loads a folder holding {WEIGHTS_NAME} and "
+                f"{CONFIG_NAME} (written by save_pretrained); atrous.load reads a .safetensors "
+                "file or a training checkpoint (.pt, tensors only: never code)"
             )
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -203,9 +204,8 @@ class SavedModel(PyTorchModelHubMixin):
                 found = sorted(p.name for p in folder.iterdir() if p.name != CONFIG_NAME)
                 raise ValueError(
                     f"{folder} has no {WEIGHTS_NAME} (found: {', '.join(found) or 'nothing'}); "
-                    "atrous reads weights from safetensors only and never unpickles a file. "
-                    "Bring in a trusted training checkpoint with "
-                    "atrous.convert.convert(kind='checkpoint')"
+                    "atrous reads weights from safetensors only and never unpickles a file; "
+                    "a training checkpoint (.pt) loads with atrous.load(path)"
                 )
         else:
             weights = Path(
@@ -221,25 +221,74 @@ class SavedModel(PyTorchModelHubMixin):
             )
         if config is None:
             raise ValueError(f"{model_id} has no {CONFIG_NAME}: it was not saved by atrous")
-        source = f"{model_id}/{CONFIG_NAME}"
+        return cls.from_weights_file(
+            weights, config, f"{model_id}/{CONFIG_NAME}", num_classes, strict, map_location
+        )
+
+    @classmethod
+    def from_weights_file(
+        cls,
+        weights: Path,
+        config: dict[str, Any],
+        source: str,
+        num_classes: int | None = None,
+        strict: bool = True,
+        map_location: str | torch.device = "cpu",
+    ) -> SavedModel:
+        """The model of a ``model.safetensors`` file and its saved ``config.json`` dict
+        (``source`` names that config in errors), in eval mode: the reader behind
+        :meth:`from_pretrained` and ``atrous.load``. ``num_classes``/``strict``: as there."""
         model_config, class_names, palette = parse_saved_config(config, source)
         training = config.get("training")
         summary = TrainingSummary.from_dict(training, source) if training is not None else None
         if num_classes is not None and num_classes != model_config.num_classes:
             model_config = model_config.replace(num_classes=num_classes)
             class_names = palette = summary = None  # they describe the checkpoint's classes
-        model = cls.from_config(model_config)
-        if not isinstance(model, cls):
-            raise ValueError(f"{model_id} holds a {type(model).__name__}, not a {cls.__name__}")
-        report = load_weights(model, read_safetensors(weights), strict=strict, source=str(weights))
-        if not report.complete:
-            warnings.warn(
-                f"loaded {len(report.loaded)} tensors from {weights}; the rest keep the new "
-                f"model's initialisation:\n{report.describe()}",
-                stacklevel=2,
-            )
+        model = cls._load_state(model_config, read_safetensors(weights), str(weights), strict)
         model.class_names, model.palette, model.training_summary = class_names, palette, summary
         return model.to(map_location).eval()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        num_classes: int | None = None,
+        strict: bool = True,
+        map_location: str | torch.device = "cpu",
+    ) -> SavedModel:
+        """The model of an atrous training checkpoint (``best.pt``/``last.pt``, read with
+        ``weights_only=True``: tensors and plain data, never code), in eval mode, with its
+        dataset's class names and colours when the run's data config tells them."""
+        state = load_checkpoint(path)
+        run = state.get("config") if isinstance(state, dict) else None
+        if not isinstance(run, dict) or "model" not in state or "model" not in run:
+            raise ValueError(f"{path} is not an atrous training checkpoint (no model/config)")
+        model_config = ModelConfig.from_dict(run["model"])
+        names, palette = dataset_labels(DataConfig(**run.get("data", {})))
+        if num_classes is not None and num_classes != model_config.num_classes:
+            model_config = model_config.replace(num_classes=num_classes)
+            names = palette = None
+        model = cls._load_state(model_config, state["model"], str(path), strict)
+        model.class_names, model.palette = names, palette
+        return model.to(map_location).eval()
+
+    @classmethod
+    def _load_state(
+        cls, config: ModelConfig, state: dict[str, torch.Tensor], source: str, strict: bool
+    ) -> SavedModel:
+        """A model of ``config`` holding ``state``; with ``strict=False`` a warning lists what
+        did not fit (those tensors keep the new model's initialisation)."""
+        model = cls.from_config(config)
+        if not isinstance(model, cls):
+            raise ValueError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}")
+        report = load_weights(model, state, strict=strict, source=source)
+        if not report.complete:
+            warnings.warn(
+                f"loaded {len(report.loaded)} tensors from {source}; the rest keep the new "
+                f"model's initialisation:\n{report.describe()}",
+                stacklevel=3,
+            )
+        return model
 
 
 def parse_saved_config(

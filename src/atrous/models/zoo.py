@@ -9,7 +9,8 @@ no atrous branches, only the 1×1 and image-pooling branches (official MobileNet
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from typing import Any
 
 from atrous.models.backbones.weights import BackboneWeights, load_backbone_weights
 from atrous.models.config import ModelConfig
@@ -60,57 +61,27 @@ def get_config(name: str) -> ModelConfig:
 
 
 def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    output_stride: int | None = None,
-    separable: bool | None = None,
-    aspp_rates: Sequence[int] | None = None,
-    aspp_dropout: float | None = None,
-    image_pool_crop_size: Sequence[int] | None = None,
-    low_level_channels: int | None = None,
-    decoder_channels: int | None = None,
-    decoder_convs: int | None = None,
-    multi_grid: Sequence[int] | None = None,
-    width_multiplier: float | None = None,
-    post_aspp_convs: int | None = None,
-    separable_depthwise_bn: bool | None = None,
-    align_corners: bool | None = None,
-    dilate_removed_stride_units: bool | None = None,
-    in_channels: int | None = None,
-    aux_head: bool | None = None,
-    backbone_weights: BackboneWeights | None = None,
+    name: str, *, backbone_weights: BackboneWeights | None = None, **overrides: Any
 ) -> DeepLab:
-    """Build the named configuration, with any field overridden.
+    """Build the named configuration, with any :class:`ModelConfig` field overridden by name.
 
-    Every argument left as ``None`` keeps the named configuration's value (see :class:`ModelConfig`
-    for each field's meaning). Example: ``create_model("deeplabv3plus_xception65", num_classes=19,
-    output_stride=8)``. ``backbone_weights`` starts the backbone from ImageNet weights (torchvision
-    names such as ``"IMAGENET1K_V2"`` for ResNets and MobileNetV2, timm tags such as
-    ``"tf_in1k"`` for Xception, or a local file); see :func:`load_backbone_weights`. With
-    ``in_channels`` other than 3 (e.g. 4 for RGB + NIR), those RGB weights adapt to the bands by
+    Every keyword but ``backbone_weights`` is a :class:`ModelConfig` field, set to the value
+    given (an unknown name is a ValueError listing the fields). Example:
+    ``create_model("deeplabv3plus_xception65", num_classes=19, output_stride=8)``.
+    ``backbone_weights`` starts the backbone from ImageNet weights (torchvision names such as
+    ``"IMAGENET1K_V2"`` for ResNets and MobileNetV2, timm tags such as ``"tf_in1k"`` for
+    Xception, or a local file); see :func:`load_backbone_weights`. With ``in_channels`` other
+    than 3 (e.g. 4 for RGB + NIR), those RGB weights adapt to the bands by
     :func:`~atrous.models.backbones.weights.rgb_to_bands`.
     """
-    overrides = {
-        "num_classes": num_classes,
-        "output_stride": output_stride,
-        "separable": separable,
-        "aspp_rates": aspp_rates,
-        "aspp_dropout": aspp_dropout,
-        "image_pool_crop_size": image_pool_crop_size,
-        "low_level_channels": low_level_channels,
-        "decoder_channels": decoder_channels,
-        "decoder_convs": decoder_convs,
-        "multi_grid": multi_grid,
-        "width_multiplier": width_multiplier,
-        "post_aspp_convs": post_aspp_convs,
-        "separable_depthwise_bn": separable_depthwise_bn,
-        "align_corners": align_corners,
-        "dilate_removed_stride_units": dilate_removed_stride_units,
-        "in_channels": in_channels,
-        "aux_head": aux_head,
-    }
-    config = get_config(name).replace(**{k: v for k, v in overrides.items() if v is not None})
+    fields = {field.name for field in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"create_model got {', '.join(unknown)}, which ModelConfig does not have; its fields: "
+            f"{', '.join(sorted(fields))}"
+        )
+    config = get_config(name).replace(**overrides)
     model = build_model(config)
     if backbone_weights is not None:
         load_backbone_weights(model.backbone, config.backbone, backbone_weights)

@@ -37,7 +37,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from atrous.convert.torch_models import from_checkpoint
 from atrous.data import (
     DataError,
     SegmentationDataset,
@@ -50,7 +49,8 @@ from atrous.data.sampler import AugmentedSamples, EpochSampler
 from atrous.evaluation.evaluate import evaluate_dataset
 from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.plots import plot_curves
-from atrous.hub.published import backbone_weights_file, load_model
+from atrous.hub.load import load
+from atrous.hub.published import backbone_weights_file
 from atrous.hub.registry import is_published
 from atrous.inference.pipeline import PipelineConfig
 from atrous.models.backbones.weights import load_backbone_weights
@@ -287,7 +287,7 @@ def prepare_model(
         load_backbone_weights(model.backbone, config.model.backbone, weights)
     if config.run.init_from is not None and not resuming:
         # A classifier for another number of classes is re-initialised (with a warning).
-        start = load_model(config.run.init_from, num_classes=config.model.num_classes, strict=False)
+        start = load(config.run.init_from, num_classes=config.model.num_classes, strict=False)
         load_weights(model, _starting_state(model, start), source=config.run.init_from)
     model.set_activation_checkpointing(config.run.activation_checkpointing)
     if env.sync_bn and config.run.bn_mode == "train":
@@ -724,7 +724,7 @@ def _save_best_model(run: Training) -> None:
     config, env, state = run.config, run.env, run.state
     plot_curves(run.output_dir / "metrics.jsonl", run.output_dir / "curves.png")
     if run.best_path.is_file():
-        best = from_checkpoint(run.best_path)
+        best = load(run.best_path)
     else:
         best = build_model(config.model)
         best.load_state_dict(state.model.state_dict())
