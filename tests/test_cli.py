@@ -18,9 +18,9 @@ def test_profile_prints_groups_and_both_counts(capsys):
 
 
 def test_profile_unknown_model_is_one_clear_error(capsys):
-    assert main(["profile", "--model", "nope"]) == 2
-    out = capsys.readouterr().out
-    assert "unknown model name 'nope'" in out and "Traceback" not in out
+    assert main(["profile", "--model", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown model name 'nope'" in err and "Traceback" not in err
 
 
 def test_models_lists_named_configurations(capsys):
@@ -60,27 +60,27 @@ def test_check_data_reports_bad_files_and_frequencies(tmp_path, capsys):
 
 
 def test_train_with_mismatched_classes_is_one_clear_error(capsys):
-    assert main(["train", "--model.num_classes", "21", "--run.iterations", "1"]) == 2
-    out = capsys.readouterr().out
-    assert "model.num_classes is 21 but dataset 'synthetic' has 6 classes" in out
+    assert main(["train", "--model.num_classes", "21", "--run.iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "model.num_classes is 21 but dataset 'synthetic' has 6 classes" in err
 
 
 def test_serve_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # what an install without the extra sees
-    assert main(["serve", "runs/no_model"]) == 2
-    assert "atrous serve needs Gradio: pip install 'atrous[serve]'" in capsys.readouterr().out
+    assert main(["serve", "runs/no_model"]) == 1
+    assert "atrous serve needs Gradio: pip install 'atrous[serve]'" in capsys.readouterr().err
 
 
 def test_binary_255_masks_fail_check_data_and_training(tmp_path, capsys):
-    from test_data import make_binary_folder
+    from helpers import make_binary_folder
 
     make_binary_folder(tmp_path, "[background, object]", 255)
     assert main(["check-data", "folder", "--root", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "labels: every mask holds only 0 and 255" in out and "4 of 4 samples valid" in out
     folder = ["--data.dataset", "folder", "--data.root", str(tmp_path), "--data.val_split", "train"]
-    assert main(["train", *folder, "--run.output_dir", str(tmp_path / "run")]) == 2
-    assert "error: every mask holds only 0 and 255" in capsys.readouterr().out
+    assert main(["train", *folder, "--run.output_dir", str(tmp_path / "run")]) == 1
+    assert "error: every mask holds only 0 and 255" in capsys.readouterr().err
 
 
 def test_eval_report_of_a_binary_task_prints_and_writes_the_foreground(tmp_path, capsys):

@@ -8,15 +8,21 @@ atrous profile --model deeplabv3plus_resnet101_beta --output_stride 8 --separabl
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+import os
 import sys
+import traceback
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import CLI
+import yaml
+from jsonargparse import CLI, ArgumentParser, auto_parser
+from jsonargparse.typing import PositiveInt
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
@@ -29,7 +35,6 @@ from atrous.convert.tf import convert_tf
 from atrous.convert.torch_models import convert
 from atrous.data import (
     DataConfig,
-    DataError,
     FolderDataset,
     SegmentationDataset,
     SyntheticScenes,
@@ -41,6 +46,7 @@ from atrous.data.chart import plot_class_balance
 from atrous.data.checks import DataReport, LabelProblem, check_dataset
 from atrous.data.doctor import label_doctor
 from atrous.data.fix import write_fixed
+from atrous.errors import ISSUES_URL, AtrousError, missing_dependency
 from atrous.evaluation.evaluate import Evaluation, scores_to_dict
 from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from atrous.evaluation.plots import plot_confusion
@@ -114,10 +120,10 @@ def models(pretrained: bool = False) -> None:
 
 def profile(
     model: str = "deeplabv3plus_xception65",
-    height: int = 513,
-    width: int = 513,
+    height: PositiveInt = 513,
+    width: PositiveInt = 513,
     output_stride: int = 16,
-    num_classes: int = 21,
+    num_classes: PositiveInt = 21,
     separable: bool | None = None,
 ) -> None:
     """Count parameters and Multiply-Adds per module group (backbone, ASPP, decoder, classifier).
@@ -652,33 +658,97 @@ def serve_model_word(args: list[str]) -> list[str]:
     return args
 
 
+COMMANDS = {
+    "demo": demo,
+    "train": train,
+    "eval": evaluate,
+    "predict": predict,
+    "export": export,
+    "convert": convert_weights,
+    "serve": serve,
+    "check-data": check_data,
+    "models": models,
+    "profile": profile,
+}
+
+
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the ``atrous`` command."""
-    args = serve_model_word(gather_paths(sys.argv[1:] if args is None else list(args)))
+    """Entry point of the ``atrous`` command: the exit status of the contract in docs/errors.md
+    (0 done, 1 bad input or failure, 2 usage error)."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get("ATROUS_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     try:
-        commands = {
-            "demo": demo,
-            "train": train,
-            "eval": evaluate,
-            "predict": predict,
-            "export": export,
-            "convert": convert_weights,
-            "serve": serve,
-            "check-data": check_data,
-            "models": models,
-            "profile": profile,
-        }
-        status = CLI(commands, args=args)
+        args = typed_words(auto_parser(COMMANDS), serve_model_word(gather_paths(args)))
+        status = CLI(COMMANDS, args=args)
+    except SystemExit as stop:  # the parser's usage errors (already printed) and --help
+        return stop.code if isinstance(stop.code, int) else 1
     except TrainingPreempted as stop:  # after the step it was in, with last.pt written
         console.print(str(stop), style="bold yellow", markup=False, soft_wrap=True)
         return stop.exit_code
     except OverfitFailed as failed:  # the pre-flight's verdict, not a crash
-        console.print(str(failed), style="bold red", markup=False, soft_wrap=True)
-        return 1
-    except (ValueError, DataError, OSError, ExportCheckError, ImportError) as error:
-        console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
-        return 2
+        return report_error(str(failed), 1, debug)
+    except AtrousError as error:
+        return report_error(f"error: {error}", error.exit_code, debug)
+    except ModuleNotFoundError as error:
+        needed = missing_dependency(error.name or str(error), f"atrous {args[0] if args else ''}")
+        return report_error(f"error: {needed}", 1, debug)
+    except (ValueError, OSError, ExportCheckError, ImportError) as error:
+        return report_error(f"error: {error}", 1, debug)
+    except Exception as error:
+        text = (
+            f"internal error (a bug): {type(error).__name__}: {error}; please report at "
+            f"{ISSUES_URL}; rerun with --debug for the traceback"
+        )
+        return report_error(text, 1, debug)
     return status if isinstance(status, int) else 0
+
+
+def report_error(message: str, code: int, debug: bool) -> int:
+    """Print ``message`` on stderr (after the traceback with --debug) and return ``code``."""
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    print(message, file=sys.stderr)
+    return code
+
+
+def typed_words(parser: ArgumentParser, args: list[str]) -> list[str]:
+    """Options as users type them: a bare boolean flag (``--pretrained``) means true, and a
+    list option's several words (``--crop_size 513 513``) are one list."""
+    if not args or args[0] not in COMMANDS:
+        return args
+    actions = {
+        option: action
+        for action in parser._subcommands_action._name_parser_map[args[0]]._actions
+        for option in action.option_strings
+    }
+    out, index = [args[0]], 1
+    while index < len(args):
+        token = args[index]
+        out.append(token)
+        index += 1
+        hint = getattr(actions.get(token), "_typehint", None)
+        words = list(itertools.takewhile(lambda w: not w.startswith("--"), args[index:]))
+        if hint is not None and _is_bool(hint) and not words:
+            out.append("true")
+        elif hint is not None and _is_scalar_list(hint) and len(words) > 1:
+            out.append(json.dumps([yaml.safe_load(word) for word in words]))
+            index += len(words)
+    return out
+
+
+def _is_bool(hint: object) -> bool:
+    return hint is bool or set(typing.get_args(hint)) == {bool, type(None)}
+
+
+def _is_scalar_list(hint: object) -> bool:
+    """list[int], list[str], tuple[int, int] (or Optional of one): words become its items."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return any(
+        typing.get_origin(h) in (list, tuple)
+        and all(a in (int, float, str, Ellipsis) for a in typing.get_args(h))
+        for h in inner
+    )
 
 
 if __name__ == "__main__":

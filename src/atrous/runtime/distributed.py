@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from atrous.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistributedEnv:
@@ -33,10 +35,22 @@ class DistributedEnv:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    """``"auto"`` → CUDA when available, else CPU; anything else as given, if this machine has
+    it (a UsageError naming the devices it has otherwise)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise UsageError(
+            f"device {device!r} is not a device name; use auto, cpu, cuda, cuda:1, …"
+        ) from None
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (target.index or 0) >= count:
+            have = f"GPUs cuda:0…cuda:{count - 1}" if count else "no CUDA GPU"
+            raise UsageError(f"device {device!r}: this machine has {have}; use auto or cpu")
+    return target
 
 
 def init_distributed(device: str = "auto") -> DistributedEnv:

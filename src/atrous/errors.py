@@ -1,0 +1,47 @@
+"""One error contract for the library and the ``atrous`` command (docs/errors.md).
+
+Bad input (a file, an option, a config, the environment) raises an :class:`AtrousError` whose
+message names the file or option and says what to do; the command prints that one line on
+stderr and exits with the error's ``exit_code``: 2 for usage errors (an option the command
+refuses), 1 for the rest. Anything else is a bug. This module imports nothing from atrous, so
+every wing can raise these errors.
+"""
+
+from __future__ import annotations
+
+#: Where bugs are reported (the one-line message for an internal error points here).
+ISSUES_URL = "https://github.com/atrous-project/atrous/issues"
+
+#: Extras of ``pip install 'atrous[extra]'`` by the module they provide.
+EXTRAS = {"gradio": "serve", "tensorflow": "tf"}
+
+
+class AtrousError(Exception):
+    """Bad input: the message names the file or option and the remedy."""
+
+    exit_code = 1
+
+
+class UsageError(AtrousError, ValueError):
+    """An option value the command refuses (out of range, of the wrong kind, not available)."""
+
+    exit_code = 2
+
+
+class InputError(AtrousError, ValueError):
+    """A file or config that cannot be used as given (the message names it)."""
+
+
+def missing_dependency(module: str, needed_for: str) -> AtrousError:
+    """The error for an optional package that is not installed: which extra installs it."""
+    top = module.split(".")[0]
+    extra = EXTRAS.get(top)
+    remedy = f"pip install 'atrous[{extra}]'" if extra else f"pip install {top}"
+    return AtrousError(f"{needed_for} needs the package {top!r}, which is not installed: {remedy}")
+
+
+def require_at_least(section: str, minimum: float, **values: float) -> None:
+    """Refuse a config field below ``minimum``, naming it as its option (``data.crop_size``)."""
+    for name, value in values.items():
+        if value < minimum:
+            raise UsageError(f"{section}.{name} must be at least {minimum}, got {value}")
