@@ -52,7 +52,8 @@ def test_check_data_reports_bad_files_and_frequencies(tmp_path, capsys):
         mask = np.zeros((4, 4), dtype=np.uint8)
         mask[:2] = value
         Image.fromarray(mask, mode="L").save(tmp_path / "masks" / f"{i}.png")
-    status = main(["check-data", "folder", "--root", str(tmp_path), "--split", ""])
+    folder = ["--data.dataset", "folder", "--data.root", str(tmp_path), "--data.train_split", ""]
+    status = main(["check-data", *folder])
     out = capsys.readouterr().out
     assert status == 1
     assert "2 of 3 samples valid" in out and "50.00%" in out
@@ -75,10 +76,11 @@ def test_binary_255_masks_fail_check_data_and_training(tmp_path, capsys):
     from helpers import make_binary_folder
 
     make_binary_folder(tmp_path, "[background, object]", 255)
-    assert main(["check-data", "folder", "--root", str(tmp_path)]) == 1
+    folder = ["--data.dataset", "folder", "--data.root", str(tmp_path)]
+    assert main(["check-data", *folder]) == 1
     out = capsys.readouterr().out
     assert "labels: every mask holds only 0 and 255" in out and "4 of 4 samples valid" in out
-    folder = ["--data.dataset", "folder", "--data.root", str(tmp_path), "--data.val_split", "train"]
+    folder += ["--data.val_split", "train"]
     assert main(["train", *folder, "--run.output_dir", str(tmp_path / "run")]) == 1
     assert "error: every mask holds only 0 and 255" in capsys.readouterr().err
 

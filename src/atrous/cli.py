@@ -35,17 +35,14 @@ from atrous.convert.tf import convert_tf
 from atrous.convert.torch_models import convert
 from atrous.data import (
     DataConfig,
-    FolderDataset,
     SegmentationDataset,
     SyntheticScenes,
-    Task,
     build_dataset,
 )
 from atrous.data.balance import inverse_log_weights, median_frequency_weights
-from atrous.data.chart import plot_class_balance
-from atrous.data.checks import DataReport, LabelProblem, check_dataset
-from atrous.data.doctor import label_doctor
-from atrous.data.fix import write_fixed
+from atrous.data.check_data import check_data as run_check_data
+from atrous.data.check_data import data_options, fixed_options
+from atrous.data.checks import DataReport, LabelProblem
 from atrous.errors import ISSUES_URL, AtrousError, missing_dependency
 from atrous.evaluation.evaluate import Evaluation, scores_to_dict
 from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
@@ -204,63 +201,46 @@ def train(
 
 
 def check_data(
-    dataset: str,
-    root: str | None = None,
-    sbd_root: str | None = None,
-    split: str = "train",
-    task: Task = "multiclass",
-    reduce_zero_label: bool = False,
-    in_channels: int = 3,
+    data: DataConfig = DataConfig(),  # noqa: B008
+    split: Literal["train", "val"] = "train",
     fix: str | None = None,
     chart: str | None = None,
+    progress: bool = True,
 ) -> int:
     """Check every image/mask pair of a dataset, name the label conventions of its masks with
     the option that reads each, and report class frequencies and weights.
 
     Args:
-        dataset: synthetic, voc, voc_aug, cityscapes, ade20k or folder.
-        root: the dataset folder.
-        sbd_root: the SBD folder (voc_aug only).
-        split: the split to check.
-        task: what the masks mean: multiclass, binary (0/255 or 0/1) or multilabel (a mask per
-            class), as data.task.
-        reduce_zero_label: 0 is unlabelled and 1..N are the classes (as ADE20K).
-        in_channels: image bands (not 3: folder datasets of multi-band TIFFs).
+        data: the dataset, with the options that train on it (--data.dataset folder
+            --data.root my_data --data.task binary …).
+        split: which of data's splits to check: train (data.train_split) or val.
         fix: write a converted copy of a folder dataset into this new folder (masks of class
             indices, classes.yaml, images copied); the originals are only read.
         chart: write the class-balance bar chart to this PNG file.
+        progress: show progress bars.
     """
-    config = DataConfig(
-        dataset=dataset,
-        root=root,
-        sbd_root=sbd_root,
-        train_split=split,
-        task=task,
-        reduce_zero_label=reduce_zero_label,
-        in_channels=in_channels,
-    )
-    data = build_dataset(config, "train")
-    report = check_dataset(data)
-    diagnosis = label_doctor(data, report)
-    _print_class_table(report)
-    console.print(f"{report.samples} of {len(data)} samples valid; {report.ignored} ignored pixels")
-    for error in report.errors:
-        console.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
-    _print_label_problems(diagnosis.problems)
-    if chart is not None:
-        plot_class_balance(report.classes, report.pixels, Path(chart), f"class balance: {split}")
-        console.print(f"class-balance chart: {chart}")
-    if fix is not None:
-        if not isinstance(data, FolderDataset):
-            raise ValueError("--fix converts folder datasets (dataset 'folder')")
-        written = write_fixed(data, diagnosis, fix)
+    result = run_check_data(data, split, fix, chart, progress)
+    options = ["atrous", "check-data", *data_options(data)]
+    options += ["--split", split] if split != "train" else []
+    if result.report is not None:
+        _print_class_table(result.report)
         console.print(
-            f"fixed copy: {written} image/mask pairs in {fix}; check it with "
-            f"atrous check-data folder --root {fix} --split {split or repr('')}",
+            f"{result.report.samples} of {result.samples} samples valid; "
+            f"{result.report.ignored} ignored pixels"
+        )
+        for error in result.report.errors:
+            console.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
+    _print_label_problems(result.diagnosis.problems, options)
+    if result.chart is not None:
+        console.print(f"class-balance chart: {result.chart}")
+    if fix is not None:
+        again = " ".join(["atrous", "check-data", *fixed_options(result, fix)])
+        console.print(
+            f"fixed copy: {result.fixed} image/mask pairs in {fix}; check it with: {again}",
             markup=False,
             soft_wrap=True,
         )
-    return 1 if report.errors or any(p.fatal for p in diagnosis.problems) else 0
+    return 0 if result.ok else 1
 
 
 def _print_class_table(report: DataReport) -> None:
@@ -279,15 +259,18 @@ def _print_class_table(report: DataReport) -> None:
     console.print(table)
 
 
-def _print_label_problems(problems: Sequence[LabelProblem]) -> None:
-    """Each problem, and for a --data.* fix the check-data option that tries it."""
+def _print_label_problems(problems: Sequence[LabelProblem], command: list[str]) -> None:
+    """Each problem, and for an option that fixes it the command line that tries it."""
     for problem in problems:
         kind, style = ("labels", "bold red") if problem.fatal else ("warning", "yellow")
         kind = "note" if problem.kind == "palette_png" else kind
         console.print(f"{kind}: {problem.message}", style=style, markup=False, soft_wrap=True)
         if problem.fix and problem.fix.startswith("--data."):
-            option = problem.fix.removeprefix("--data.")
-            console.print(f"  check again with: atrous check-data ... --{option}", markup=False)
+            line = " ".join([*command, problem.fix])
+            console.print(f"  check again with: {line}", markup=False, soft_wrap=True)
+        elif problem.fix == "--fix OUT":
+            line = " ".join([*command, problem.fix])
+            console.print(f"  write the copy with: {line}", markup=False, soft_wrap=True)
 
 
 def evaluate(

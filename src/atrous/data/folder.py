@@ -195,7 +195,8 @@ def multilabel_pairs(
 
 class FolderDataset(FilePairs):
     """Image/mask pairs matched by file stem, described by ``classes.yaml`` (module docstring:
-    the layout, ``task``, ``reduce_zero_label`` and ``in_channels``)."""
+    the layout, ``task``, ``reduce_zero_label`` and ``in_channels``); ``classes`` (names,
+    palette, ignore label) stands in for a classes.yaml not yet written (``check-data --fix``)."""
 
     def __init__(
         self,
@@ -204,6 +205,7 @@ class FolderDataset(FilePairs):
         task: Task = "multiclass",
         reduce_zero_label: bool = False,
         in_channels: int = 3,
+        classes: tuple[tuple[str, ...], Palette | None, int | None] | None = None,
     ) -> None:
         root = Path(root)
         require_dir(root, "dataset folder")
@@ -211,7 +213,7 @@ class FolderDataset(FilePairs):
             raise ValueError(f"reduce_zero_label applies to multiclass masks, not task {task!r}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        names, palette, ignore = folder_classes(root, task)
+        names, palette, ignore = classes or folder_classes(root, task)
         self.root, self.split = root, split
         self.task, self.in_channels = task, in_channels
         self.reduce_zero_label = reduce_zero_label  # a scalar: part of the cache fingerprint
