@@ -5,9 +5,10 @@ import sys
 import pytest
 import torch
 
-from atrous.cli import _report_evaluation, main
+from atrous.cli import main, print_evaluation
 from atrous.evaluation.evaluate import Evaluation
 from atrous.evaluation.metrics import ConfusionMatrix
+from atrous.evaluation.report import write_report
 
 
 def test_profile_prints_groups_and_both_counts(capsys):
@@ -91,7 +92,9 @@ def test_eval_report_of_a_binary_task_prints_and_writes_the_foreground(tmp_path,
     report = {"inference": {}, "precision": "fp32", "images": 1}
     path = tmp_path / "eval_val.json"
     names = ["background", "road"]
-    _report_evaluation(Evaluation(confusion), names, report, None, "void", path, "binary")
+    print_evaluation(
+        write_report(Evaluation(confusion), names, report, None, "void", path, "binary")
+    )
     out = capsys.readouterr().out
     line = "foreground (road): IoU 20.00, Dice 33.33, F1 33.33, precision 50.00, recall 25.00"
     assert line in out

@@ -7,7 +7,6 @@ atrous profile --model deeplabv3plus_resnet101_beta --output_stride 8 --separabl
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -16,7 +15,6 @@ import sys
 import traceback
 import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -35,43 +33,32 @@ from atrous.convert.tf import convert_tf
 from atrous.convert.torch_models import convert
 from atrous.data import (
     DataConfig,
-    SegmentationDataset,
     SyntheticScenes,
-    build_dataset,
 )
 from atrous.data.balance import inverse_log_weights, median_frequency_weights
 from atrous.data.check_data import check_data as run_check_data
 from atrous.data.check_data import data_options, fixed_options
 from atrous.data.checks import DataReport, LabelProblem
 from atrous.errors import ISSUES_URL, AtrousError, missing_dependency
-from atrous.evaluation.evaluate import Evaluation, scores_to_dict
-from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
-from atrous.evaluation.plots import plot_confusion
+from atrous.evaluation.metrics import SegmentationScores
+from atrous.evaluation.report import EvaluationReport, evaluate_model
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
 from atrous.hub.published import (
-    PublishedScore,
-    get_published,
-    is_published,
     published_table,
-    resolve_source,
 )
-from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
     DEMO_MODEL,
-    Segmenter,
     calibration_images,
-    default_report_path,
     fast_segmenter,
     load_segmenter,
     predict_files,
-    run_data_config,
 )
 from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
 from atrous.models.zoo import create_model, get_config, list_models
-from atrous.runtime.distributed import init_distributed, resolve_device, shutdown_distributed
+from atrous.runtime.distributed import resolve_device
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 from atrous.training.loop import TrainingPreempted
 from atrous.training.loop import train as run_training
@@ -309,114 +296,47 @@ def evaluate(
             calibrates on the split's first 8 images.
         pipeline: images per forward pass (of one size) and decoding processes.
     """
-    if precision == "int8" and not fast:
-        raise ValueError("precision int8 needs --fast true")
-    inference, published = published_protocol(model, inference, protocol)
-    env = init_distributed(device)
-    try:
-        data = dataclasses.replace(data or training_data(model), val_split=split)
-        dataset = build_dataset(data, "val")
-        segmenter = _evaluation_segmenter(model, inference, precision, fast, dataset, env.device)
-        result = segmenter.evaluate(dataset, env, progress, trimap or (), trimap_source, pipeline)
-    finally:
-        shutdown_distributed()
-    if not env.is_main:
-        return
-    path = Path(output) if output else default_report_path(resolve_source(model), split)
-    protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
-    protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
-    protocol_record.update(precision=precision, fast=fast)
-    _report_evaluation(
-        result, dataset.classes, protocol_record, published, trimap_source, path, segmenter.task
+    report = evaluate_model(
+        model,
+        data,
+        split,
+        inference,
+        protocol,
+        trimap or (),
+        trimap_source,
+        precision,
+        device,
+        output,
+        progress,
+        fast,
+        pipeline,
     )
+    if report is not None:  # rank 0 of a torchrun job prints
+        print_evaluation(report)
 
 
-def _report_evaluation(
-    result: Evaluation,
-    names: Sequence[str],
-    report: dict[str, object],
-    published: PublishedScore | None,
-    trimap_source: str,
-    path: Path,
-    task: str = "multiclass",
-) -> None:
-    """Print the scores, the protocol and the published score; write the JSON report and,
-    for a (K × K) confusion matrix, its heatmap beside it (``<stem>_confusion.png``)."""
-    scores = result.scores()
-    _print_scores(scores, names, task)
-    inference = InferenceConfig(**report["inference"])
+def print_evaluation(report: EvaluationReport) -> None:
+    """The scores, the protocol, the published score and the files written."""
+    scores, names, record = report.scores, report.names, report.record
+    _print_scores(scores, names, report.task)
+    inference = InferenceConfig(**record["inference"])
     console.print(
-        f"protocol: {describe_inference(inference)}, {report['precision']}, "
-        f"{report['images']} images",
+        f"protocol: {describe_inference(inference)}, {record['precision']}, "
+        f"{record['images']} images",
         soft_wrap=True,
     )
+    published = report.published
     if published is not None:
         console.print(
             f"published: {published.miou:.2f} on {published.split} "
             f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
             soft_wrap=True,
         )
-    report["scores"] = scores_to_dict(scores, names, task)
-    report["confusion_matrix"] = result.confusion.matrix.tolist()  # [truth][prediction]
-    report["published"] = dataclasses.asdict(published) if published is not None else None
-    if result.trimap is not None:
-        report["trimap"] = _trimap_report(result.trimap.scores(), names, trimap_source)
-    path.write_text(json.dumps(report, indent=2))
-    console.print(f"written: {path}", soft_wrap=True)
-    if isinstance(result.confusion, ConfusionMatrix):
-        heatmap = path.with_name(f"{path.stem}_confusion.png")
-        plot_confusion(result.confusion.matrix, names, heatmap)
-        console.print(f"written: {heatmap}", soft_wrap=True)
-
-
-def _evaluation_segmenter(
-    model: str,
-    inference: InferenceConfig,
-    precision: str,
-    fast: bool,
-    dataset: SegmentationDataset,
-    device: torch.device,
-) -> Segmenter:
-    """The segmenter ``atrous eval`` scores: int8 calibrates on the split's first images."""
-    segmenter = load_segmenter(model, inference, "fp32" if fast else precision, device)
-    if fast:
-        count = min(CALIBRATION_IMAGES, len(dataset))
-        segmenter = fast_segmenter(segmenter, precision, [dataset.load(i)[0] for i in range(count)])
-    if segmenter.num_classes != dataset.num_classes:
-        raise ValueError(
-            f"the model predicts {segmenter.num_classes} classes, the dataset has "
-            f"{dataset.num_classes}"
-        )
-    return segmenter
-
-
-def published_protocol(
-    model: str, inference: InferenceConfig, index: int
-) -> tuple[InferenceConfig, PublishedScore | None]:
-    """For a published checkpoint evaluated with default options: the inference of its
-    ``index``-th published score, and that score (to print beside ours)."""
-    if not is_published(model):
-        return inference, None
-    scores = get_published(model).scores
-    if not scores:
-        return inference, None
-    if not 0 <= index < len(scores):
-        raise ValueError(f"{model} has {len(scores)} published scores; --protocol {index}")
-    score = scores[index]
-    if inference != InferenceConfig():  # options given: the user's protocol, for comparison
-        return inference, score
-    chosen = score.protocol
-    return InferenceConfig(chosen.output_stride, chosen.scales, chosen.flip), score
-
-
-def training_data(model: str) -> DataConfig:
-    """The dataset ``model`` was trained on: a published checkpoint's, or its run's."""
-    if is_published(model):
-        dataset = get_published(model).dataset
-        if dataset is None:
-            raise ValueError(f"{model} is an ImageNet backbone; there is nothing to evaluate")
-        return DataConfig(dataset=dataset)
-    return run_data_config(model)
+    for width, band in report.trimap.items():
+        console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
+    for path in (report.path, report.heatmap):
+        if path is not None:
+            console.print(f"written: {path}", soft_wrap=True)
 
 
 def _print_scores(scores: SegmentationScores, names: Sequence[str], task: str) -> None:
@@ -444,17 +364,6 @@ def _print_scores(scores: SegmentationScores, names: Sequence[str], task: str) -
     if scores.absent_classes:
         absent = ", ".join(names[i] for i in scores.absent_classes)
         console.print(f"not in the mean (absent from truth and prediction): {absent}")
-
-
-def _trimap_report(
-    bands: dict[int, SegmentationScores], names: Sequence[str], source: str
-) -> dict[str, object]:
-    for width, band in bands.items():
-        console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
-    return {
-        "source": source,
-        "mean_iou": {str(w): scores_to_dict(s, names)["mean_iou"] for w, s in bands.items()},
-    }
 
 
 def predict(

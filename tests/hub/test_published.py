@@ -128,7 +128,7 @@ def test_eval_runs_the_published_protocol_and_prints_the_published_miou(
 
 
 def test_unknown_names_and_imagenet_backbones_are_clear_errors(capsys):
-    assert main(["predict", "x.jpg", "--model", "tf:no_such_model"]) == 2
-    assert "unknown published checkpoint 'tf:no_such_model'" in capsys.readouterr().out
+    assert main(["predict", "x.jpg", "--model", "tf:no_such_model"]) == 1
+    assert "unknown published checkpoint 'tf:no_such_model'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"ImageNet backbone.*--run.backbone_weights"):
         atrous.load_model("tf:xception65_imagenet")
