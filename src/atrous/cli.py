@@ -39,7 +39,7 @@ from atrous.data.balance import inverse_log_weights, median_frequency_weights
 from atrous.data.check_data import check_data as run_check_data
 from atrous.data.check_data import data_options, fixed_options
 from atrous.data.checks import DataReport, LabelProblem
-from atrous.errors import ISSUES_URL, AtrousError, missing_dependency
+from atrous.errors import ISSUES_URL, AtrousError, UsageError, missing_dependency
 from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.report import EvaluationReport, evaluate_model
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
@@ -66,6 +66,7 @@ from atrous.training.losses import LossConfig
 from atrous.training.overfit import OverfitFailed, overfit_check
 
 console = Console()
+errors = Console(stderr=True)  # failures: one line each on stderr
 
 
 def models(pretrained: bool = False) -> None:
@@ -216,7 +217,7 @@ def check_data(
             f"{result.report.ignored} ignored pixels"
         )
         for error in result.report.errors:
-            console.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
+            errors.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
     _print_label_problems(result.diagnosis.problems, options)
     if result.chart is not None:
         console.print(f"class-balance chart: {result.chart}")
@@ -398,7 +399,7 @@ def predict(
         pipeline: images per forward pass (of one size), decoding processes, writing threads.
     """
     if precision == "int8" and not fast:
-        raise ValueError("precision int8 needs --fast true")
+        raise UsageError("--precision int8 needs --fast true")
     segmenter = load_segmenter(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
@@ -407,7 +408,7 @@ def predict(
     report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress, pipeline)
     console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
-        console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
+        errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
     return 1 if report.failed else 0
 
 
