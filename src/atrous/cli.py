@@ -27,10 +27,7 @@ from rich.table import Table
 
 from atrous.apps.demo import run_demo
 from atrous.apps.serve import MAX_UPLOAD_MB, launch
-from atrous.convert.hf import convert_transformers
-from atrous.convert.mmseg import convert_mmseg
-from atrous.convert.tf import convert_tf
-from atrous.convert.torch_models import convert
+from atrous.convert.dispatch import convert_source
 from atrous.data import (
     DataConfig,
     SyntheticScenes,
@@ -451,7 +448,7 @@ def convert_weights(
     class_names: list[str] | None = None,
     palette: list[list[int]] | None = None,
     output_stride: int | None = None,
-    atrous_rates: list[int] | None = None,
+    aspp_rates: list[int] | None = None,
     crop_size: list[int] | None = None,
     dataset: Literal["voc", "cityscapes", "ade20k"] | None = None,
     aux_head: bool = False,
@@ -476,32 +473,18 @@ def convert_weights(
         palette: one [r, g, b] colour per class.
         output_stride: smp weights files and mmseg: the output stride they were trained at
             (smp 16, mmseg 8).
-        atrous_rates: smp weights files and mmseg: the ASPP rates (12, 24, 36).
+        aspp_rates: smp weights files and mmseg: the ASPP rates (12, 24, 36).
         crop_size: tf only: the training crop [height, width] (VOC 513 513, Cityscapes 769 769),
             which sets the image-pooling kernel as in the official code; default: global pooling.
         dataset: tf only: names the classes and colours (ade20k also drops class 0, "other").
         aux_head: torchvision only: keep its auxiliary head (a start for --run.init_from).
     """
-    if aux_head and kind != "torchvision":
-        raise ValueError("aux_head applies to torchvision sources only")
-    if kind == "tf":
-        if class_names is not None or palette is not None:
-            raise ValueError("a tf source takes its class names from --dataset")
-        size = tuple(crop_size) if crop_size is not None else None
-        path, report = convert_tf(source, output, size, dataset)
-        console.print(f"written: {path}")
-        console.print(report.describe(), soft_wrap=True)
-        return
-    if crop_size is not None or dataset is not None:
-        raise ValueError("crop_size and dataset apply to tf sources only")
-    if kind == "transformers":
-        console.print(f"written: {convert_transformers(source, output, palette)}")
-        return
-    if kind == "mmseg":
-        console.print(f"written: {convert_mmseg(source, output, output_stride, atrous_rates)}")
-        return
-    options = (class_names, palette, output_stride, atrous_rates, aux_head)
-    console.print(f"written: {convert(source, kind, output, *options)}")
+    size = tuple(crop_size) if crop_size is not None else None
+    options = (class_names, palette, output_stride, aspp_rates, size, dataset, aux_head)
+    result = convert_source(source, kind, output, *options)
+    console.print(f"written: {result.path}")
+    if result.report is not None:
+        console.print(result.report, soft_wrap=True)
 
 
 def serve(
