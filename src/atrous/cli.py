@@ -15,6 +15,7 @@ import sys
 import traceback
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -36,7 +37,13 @@ from atrous.data.balance import inverse_log_weights, median_frequency_weights
 from atrous.data.check_data import check_data as run_check_data
 from atrous.data.check_data import data_options, fixed_options
 from atrous.data.checks import DataReport, LabelProblem
-from atrous.errors import ISSUES_URL, AtrousError, UsageError, missing_dependency
+from atrous.errors import (
+    ISSUES_URL,
+    AtrousError,
+    UsageError,
+    missing_dependency,
+    require_writable,
+)
 from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.report import EvaluationReport, evaluate_model
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
@@ -47,6 +54,7 @@ from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
     DEMO_MODEL,
     calibration_images,
+    expand_inputs,
     fast_segmenter,
     load_segmenter,
     predict_files,
@@ -397,6 +405,7 @@ def predict(
     """
     if precision == "int8" and not fast:
         raise UsageError("--precision int8 needs --fast true")
+    expand_inputs(inputs)  # no image to segment: said before the model loads
     segmenter = load_segmenter(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
@@ -426,6 +435,7 @@ def export(
         check: compare the ONNX file's outputs with the eager model's (fails above 1e-4 of the
             logits' scale).
     """
+    require_writable(output, "--output")
     segmenter = load_segmenter(model)
     if format == "pt2":
         console.print(f"written: {export_program(segmenter.network, output)}")
@@ -556,7 +566,9 @@ def main(args: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     try:
         args = typed_words(auto_parser(COMMANDS), serve_model_word(gather_paths(args)))
-        status = CLI(COMMANDS, args=args)
+        check_config_files(args)
+        Parser.command = args[0] if args and not args[0].startswith("-") else ""
+        status = CLI(COMMANDS, args=args, parser_class=Parser, prog="atrous")
     except SystemExit as stop:  # the parser's usage errors (already printed) and --help
         return stop.code if isinstance(stop.code, int) else 1
     except TrainingPreempted as stop:  # after the step it was in, with last.pt written
@@ -564,20 +576,72 @@ def main(args: list[str] | None = None) -> int:
         return stop.exit_code
     except OverfitFailed as failed:  # the pre-flight's verdict, not a crash
         return report_error(str(failed), 1, debug)
-    except AtrousError as error:
-        return report_error(f"error: {error}", error.exit_code, debug)
-    except ModuleNotFoundError as error:
-        needed = missing_dependency(error.name or str(error), f"atrous {args[0] if args else ''}")
-        return report_error(f"error: {needed}", 1, debug)
-    except (ValueError, OSError, ExportCheckError, ImportError) as error:
-        return report_error(f"error: {error}", 1, debug)
     except Exception as error:
-        text = (
-            f"internal error (a bug): {type(error).__name__}: {error}; please report at "
-            f"{ISSUES_URL}; rerun with --debug for the traceback"
-        )
-        return report_error(text, 1, debug)
+        message, code = describe_error(error, args[0] if args else "")
+        return report_error(message, code, debug)
     return status if isinstance(status, int) else 0
+
+
+class Parser(ArgumentParser):
+    """The command's parser: a usage error is its message and where to find the options, not
+    the whole usage text."""
+
+    command = ""  # the subcommand being parsed, for the tip
+
+    def error(self, message: str, ex: Exception | None = None) -> typing.NoReturn:
+        if "Does not validate against any of the Union subtypes" in message:
+            reasons = [
+                line.strip()[2:]
+                for line in message.splitlines()
+                if line.strip().startswith("- ") and "NoneType" not in line
+            ]
+            message = "; ".join(reasons) or message
+        sys.stderr.write(
+            f"error: {message.strip()}\ntip: atrous {self.command} --help lists the options\n"
+        )
+        sys.exit(2)
+
+
+def check_config_files(args: list[str]) -> None:
+    """Each ``--config`` file exists and is a YAML mapping; else a UsageError naming the file
+    and the line (the parser's own message names neither)."""
+    for option, value in itertools.pairwise(args):
+        if option != "--config":
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise UsageError(f"--config {value}: file not found")
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or error
+            raise UsageError(f"--config {value}:{where}: invalid YAML ({problem})") from None
+        if content is not None and not isinstance(content, dict):
+            raise UsageError(
+                f"--config {value}: holds a {type(content).__name__}, not a mapping of options "
+                "(model:, data:, run: …)"
+            )
+
+
+def describe_error(error: Exception, command: str) -> tuple[str, int]:
+    """The one line and exit status for ``error``: bad input (an AtrousError, also when the
+    parser wrapped it; a file, option or missing package) or, for anything else, a bug."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, AtrousError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, AtrousError):
+        return f"error: {cause}", cause.exit_code
+    if isinstance(error, ModuleNotFoundError):
+        return f"error: {missing_dependency(error.name or str(error), f'atrous {command}')}", 1
+    if isinstance(error, ValueError | OSError | ExportCheckError | ImportError):
+        return f"error: {error}", 1
+    text = (
+        f"internal error (a bug): {type(error).__name__}: {error}; please report at "
+        f"{ISSUES_URL}; rerun with --debug for the traceback"
+    )
+    return text, 1
 
 
 def report_error(message: str, code: int, debug: bool) -> int:

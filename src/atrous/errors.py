@@ -9,6 +9,9 @@ every wing can raise these errors.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 #: Where bugs are reported (the one-line message for an internal error points here).
 ISSUES_URL = "https://github.com/atrous-project/atrous/issues"
 
@@ -45,3 +48,17 @@ def require_at_least(section: str, minimum: float, **values: float) -> None:
     for name, value in values.items():
         if value < minimum:
             raise UsageError(f"{section}.{name} must be at least {minimum}, got {value}")
+
+
+def require_writable(path: str | Path, option: str) -> Path:
+    """The file an option names, checked before a long run: not a folder, in a folder that
+    exists and can be written."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; name the file to write")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+    return path

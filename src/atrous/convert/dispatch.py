@@ -44,16 +44,16 @@ def convert_source(
 ) -> Conversion:
     """Convert ``source`` (of library ``kind``) into an atrous model folder at ``output``; the
     options are ``atrous convert``'s (its help says which kind each applies to)."""
-    check_source(source, kind)
     if aux_head and kind != "torchvision":
         raise UsageError("--aux_head applies to --kind torchvision only")
+    if kind == "tf" and (class_names is not None or palette is not None):
+        raise UsageError("a tf source takes its class names from --dataset, not --class_names")
+    if kind != "tf" and (crop_size is not None or dataset is not None):
+        raise UsageError("--crop_size and --dataset apply to --kind tf only")
+    check_source(source, kind)
     if kind == "tf":
-        if class_names is not None or palette is not None:
-            raise UsageError("a tf source takes its class names from --dataset, not --class_names")
         path, report = convert_tf(source, output, crop_size, dataset)
         return Conversion(path, report.describe())
-    if crop_size is not None or dataset is not None:
-        raise UsageError("--crop_size and --dataset apply to --kind tf only")
     if kind == "transformers":
         return Conversion(convert_transformers(source, output, palette))
     if kind == "mmseg":
@@ -66,9 +66,9 @@ def check_source(source: str, kind: Kind) -> None:
     """A source that names a file must exist: "file not found" rather than a Hub or weights-name
     error about what was meant as a path."""
     path = Path(source).expanduser()
-    if kind == "tf" or path.exists():
-        return
+    if path.exists() or (kind == "tf" and path.with_name(f"{path.name}.index").is_file()):
+        return  # (a TF checkpoint prefix names files beside it)
     as_file = source.lower().endswith(FILE_SUFFIXES) or source.startswith(("/", ".", "~"))
     hub_id = kind in ("smp", "transformers") and REPO_ID.fullmatch(source) is not None
-    if kind in ("checkpoint", "mmseg") or as_file or (kind != "torchvision" and not hub_id):
+    if kind in ("checkpoint", "mmseg", "tf") or as_file or (kind != "torchvision" and not hub_id):
         raise InputError(f"--source {source}: file not found")

@@ -59,6 +59,8 @@ def check_data(
 ) -> DataCheck:
     """Check every image/mask pair of ``config``'s ``split`` split; with ``fix``, write a
     converted copy of a folder dataset there; with ``chart``, the class-balance chart."""
+    if fix is not None and config.dataset != "folder":
+        raise UsageError("--fix converts folder datasets (--data.dataset folder)")
     name = config.train_split if split == "train" else config.val_split
     data, first = _dataset(config, split, name)
     if data is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Literal
 import torch
 
 from atrous.data import DataConfig, SegmentationDataset, build_dataset
-from atrous.errors import InputError, UsageError
+from atrous.errors import InputError, UsageError, require_writable
 from atrous.evaluation.evaluate import Evaluation, scores_to_dict
 from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from atrous.evaluation.plots import plot_confusion
@@ -100,15 +99,7 @@ def report_path(model: str, split: str, output: str | Path | None) -> Path:
     """The report file, checked writable before the run: its folder must exist."""
     if output is None:
         return default_report_path(resolve_source(model), split)
-    path = Path(output)
-    folder = path.parent
-    if path.is_dir():
-        raise UsageError(f"--output {path} is a folder; name the JSON file to write")
-    if not folder.is_dir():
-        raise UsageError(f"--output {path}: the folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"--output {path}: the folder {folder} is not writable")
-    return path
+    return require_writable(output, "--output")
 
 
 def write_report(
