@@ -30,6 +30,15 @@ def test_models_lists_named_configurations(capsys):
     assert "deeplabv3plus_resnet101_beta" in out and "deeplabv3_mobilenetv2" in out
 
 
+def test_models_fit_80_columns(capsys):
+    assert main(["models", "--pretrained"]) == 0  # a bare flag means true
+    out = capsys.readouterr().out
+    assert "tf:xception65_coco_voc_trainaug" in out and "  published mIoU: " in out
+    assert max(map(len, out.splitlines())) <= 80
+    assert main(["models"]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 80
+
+
 def test_console_script_runs():
     result = subprocess.run(
         [sys.executable, "-m", "atrous.cli", "profile", "--model", "deeplabv3_mobilenetv2"],

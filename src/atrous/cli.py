@@ -80,12 +80,12 @@ def models(pretrained: bool = False) -> None:
     Args:
         pretrained: list the published trained checkpoints instead (load_model / --model names).
     """
-    if pretrained:
-        rows = published_table()
-        table = Table(*rows[0])
-        for row in rows:
-            table.add_row(*row.values())
-        console.print(table)
+    if pretrained:  # one block per checkpoint: nine fields do not fit a table at 80 columns
+        for row in published_table():
+            name, *fields = row.items()
+            console.print(name[1], style="bold", markup=False)
+            for key, value in fields:
+                console.print(f"  {key}: {value}", markup=False, overflow="fold")
         console.print("Downloaded and converted on first use; then read from the cache offline.")
         return
     table = Table()
