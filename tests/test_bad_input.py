@@ -241,6 +241,11 @@ CASES = {
     "predict unknown config key": Case(
         ["predict", "{image}", "--model", "{tmp}/m"], "wings", make=json_with(wings=2)
     ),
+    "predict weights do not fit": Case(
+        ["predict", "{image}", "--model", "{tmp}/m"],
+        "--run.init_from",
+        make=json_with(num_classes=3),
+    ),
     "predict garbage checkpoint": Case(
         ["predict", "{image}", "--model", "{tmp}/garbage.pt"], "garbage.pt", make=garbage_files
     ),
