@@ -528,6 +528,19 @@ def test_an_internal_error_is_one_line_saying_it_is_a_bug(monkeypatch, capsys):
     assert "Traceback" in err and "no image files match" in err
 
 
+@pytest.mark.parametrize(
+    ("module", "remedy"), [("gradio", "atrous[serve]"), ("timm", "pip install timm")]
+)
+def test_a_missing_optional_package_names_what_to_install(module, remedy, monkeypatch, capsys):
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    monkeypatch.setattr("atrous.cli.profile_model", missing)
+    assert main(["profile"]) == 1
+    err = capsys.readouterr().err
+    assert f"atrous profile needs the package '{module}'" in err and remedy in err
+
+
 def test_the_shell_sees_the_exit_status(tmp_path):
     (tmp_path / "empty").mkdir()
     command = [sys.executable, "-m", "atrous", "predict", str(tmp_path / "empty")]

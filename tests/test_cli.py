@@ -64,10 +64,10 @@ def test_check_data_reports_bad_files_and_frequencies(tmp_path, capsys):
         Image.fromarray(mask, mode="L").save(tmp_path / "masks" / f"{i}.png")
     folder = ["--data.dataset", "folder", "--data.root", str(tmp_path), "--data.train_split", ""]
     status = main(["check-data", *folder])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert status == 1
     assert "2 of 3 samples valid" in out and "50.00%" in out
-    assert "2.png: label values 5 are outside [0, 2)" in out
+    assert "2.png: label values 5 are outside [0, 2)" in err  # a bad sample: on stderr
 
 
 def test_train_with_mismatched_classes_is_one_clear_error(capsys):
