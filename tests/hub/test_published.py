@@ -127,8 +127,9 @@ def test_eval_runs_the_published_protocol_and_prints_the_published_miou(
     assert report["inference"]["flip"] and len(report["inference"]["scales"]) == 6
 
 
-def test_unknown_names_and_imagenet_backbones_are_clear_errors(capsys):
-    assert main(["predict", "x.jpg", "--model", "tf:no_such_model"]) == 1
+def test_unknown_names_and_imagenet_backbones_are_clear_errors(tmp_path, capsys):
+    output = str(tmp_path / "x.onnx")
+    assert main(["export", "--model", "tf:no_such_model", "--output", output]) == 1
     assert "unknown published checkpoint 'tf:no_such_model'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"ImageNet backbone.*--run.backbone_weights"):
         atrous.load_model("tf:xception65_imagenet")
