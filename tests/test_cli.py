@@ -4,8 +4,9 @@ import sys
 
 import pytest
 import torch
+from jsonargparse import auto_parser
 
-from atrous.cli import main, print_evaluation
+from atrous.cli import COMMANDS, main, print_evaluation, typed_words
 from atrous.evaluation.evaluate import Evaluation
 from atrous.evaluation.metrics import ConfusionMatrix
 from atrous.evaluation.report import write_report
@@ -111,3 +112,20 @@ def test_eval_report_of_a_binary_task_prints_and_writes_the_foreground(tmp_path,
     assert written["scores"]["foreground"]["f1"] == pytest.approx(1 / 3)
     assert written["confusion_matrix"] == [[90, 2], [6, 2]]
     assert (tmp_path / "eval_val_confusion.png").stat().st_size > 1000
+
+
+def test_options_as_users_type_them():
+    parser = auto_parser(COMMANDS)
+    assert typed_words(parser, ["models", "--pretrained"]) == ["models", "--pretrained", "true"]
+    words = ["convert", "--crop_size", "513", "513", "--kind", "tf", "--aux_head", "false"]
+    assert typed_words(parser, words) == [
+        "convert", "--crop_size", "[513, 513]", "--kind", "tf", "--aux_head", "false"
+    ]  # fmt: skip
+    words = ["predict", "--fast", "a.jpg", "--inference.scales", "0.5", "1", "b.jpg"]
+    assert typed_words(parser, words) == [
+        "predict", "--fast", "true", "a.jpg", "--inference.scales", "[0.5, 1]", "b.jpg"
+    ]  # fmt: skip
+    parsed = parser.parse_args(
+        typed_words(parser, ["train", "--model.aspp_rates", "6", "12", "18"])
+    )
+    assert parsed.train.model.aspp_rates == (6, 12, 18)

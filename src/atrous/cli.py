@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import traceback
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -565,7 +566,7 @@ def main(args: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("ATROUS_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     try:
-        args = typed_words(auto_parser(COMMANDS), serve_model_word(gather_paths(args)))
+        args = serve_model_word(gather_paths(typed_words(auto_parser(COMMANDS), args)))
         check_config_files(args)
         Parser.command = args[0] if args and not args[0].startswith("-") else ""
         status = CLI(COMMANDS, args=args, parser_class=Parser, prog="atrous")
@@ -668,12 +669,14 @@ def typed_words(parser: ArgumentParser, args: list[str]) -> list[str]:
         out.append(token)
         index += 1
         hint = getattr(actions.get(token), "_typehint", None)
-        words = list(itertools.takewhile(lambda w: not w.startswith("--"), args[index:]))
-        if hint is not None and _is_bool(hint) and not words:
+        following = args[index] if index < len(args) else None
+        if hint is not None and _is_bool(hint) and not _is_bool_word(following):
             out.append("true")
-        elif hint is not None and _is_scalar_list(hint) and len(words) > 1:
-            out.append(json.dumps([yaml.safe_load(word) for word in words]))
-            index += len(words)
+        elif hint is not None and (items := _list_items(hint)) is not None:
+            words = list(itertools.takewhile(lambda w: _fits(w, items), args[index:]))
+            if len(words) > 1:
+                out.append(json.dumps([yaml.safe_load(word) for word in words]))
+                index += len(words)
     return out
 
 
@@ -681,14 +684,33 @@ def _is_bool(hint: object) -> bool:
     return hint is bool or set(typing.get_args(hint)) == {bool, type(None)}
 
 
-def _is_scalar_list(hint: object) -> bool:
-    """list[int], list[str], tuple[int, int] (or Optional of one): words become its items."""
-    inner = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    return any(
-        typing.get_origin(h) in (list, tuple)
-        and all(a in (int, float, str, Ellipsis) for a in typing.get_args(h))
-        for h in inner
-    )
+def _is_bool_word(word: str | None) -> bool:
+    """A value the parser reads for a boolean option (anything else follows a bare flag)."""
+    return word is not None and word.lower() in ("true", "false", "yes", "no", "null", "none")
+
+
+def _list_items(hint: object) -> tuple[type, ...] | None:
+    """The item types of list[int], list[str], tuple[int, int] (or Optional of one); None for
+    other hints."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for inner in typing.get_args(hint) if union else (hint,):
+        items = tuple(a for a in typing.get_args(inner) if a is not Ellipsis)
+        if typing.get_origin(inner) in (list, tuple) and items and set(items) <= {int, float, str}:
+            return items
+    return None
+
+
+def _fits(word: str, items: tuple[type, ...]) -> bool:
+    """``word`` is one more item of a list of ``items`` (numbers: only numbers; not an option)."""
+    if word.startswith("--"):
+        return False
+    if str in items:
+        return True
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":
