@@ -120,6 +120,7 @@ class Case:
 
 
 TRAIN = ["train", "--run.output_dir", "{tmp}/run", "--run.progress", "false"]
+TINY = [*TRAIN, "--model.backbone", "mobilenetv2", "--model.width_multiplier", "0.25"]
 PALETTE_WORD = "names: [background, thing]\npalette: [[0, 0, 0], red]\n"
 INVALID_YAML = "names: [background, thing\npalette: {\n"
 CASES = {
@@ -162,7 +163,7 @@ CASES = {
     "train task on voc": Case([*TRAIN, "--data.task", "binary"], "data.task"),
     "train classes mismatch": Case([*TRAIN, "--model.num_classes", "21"], "model.num_classes"),
     "train output stride": Case([*TRAIN, "--model.output_stride", "7"], "output_stride"),
-    "train init_from missing": Case([*TRAIN, "--run.init_from", "{tmp}/none"], "none"),
+    "train init_from missing": Case([*TINY, "--run.init_from", "{tmp}/none"], "none"),
     # eval
     "eval output folder missing": Case(
         ["eval", "--model", "{model}", "--output", "{tmp}/nowhere/e.json"], "nowhere", 2
@@ -397,7 +398,7 @@ CASES = {
     "profile classes 0": Case(["profile", "--num_classes", "0"], "num_classes", 2),
     "profile model": Case(["profile", "--model", "nope"], "nope"),
     "profile output stride": Case(["profile", "--output_stride", "7"], "output_stride"),
-    "models pretrained word": Case(["models", "--pretrained", "maybe"], "pretrained", 2),
+    "models pretrained word": Case(["models", "--pretrained", "maybe"], "maybe", 2),
     "unknown command": Case(["fit"], "fit", 2),
     # serve (its loader; the page is never started)
     "serve model missing": Case(["serve", "{tmp}/none"], "none"),
