@@ -571,7 +571,7 @@ def main(args: list[str] | None = None) -> int:
         Parser.command = args[0] if args and not args[0].startswith("-") else ""
         status = CLI(COMMANDS, args=args, parser_class=Parser, prog="atrous")
     except SystemExit as stop:  # the parser's usage errors (already printed) and --help
-        return stop.code if isinstance(stop.code, int) else 1
+        return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
     except TrainingPreempted as stop:  # after the step it was in, with last.pt written
         console.print(str(stop), style="bold yellow", markup=False, soft_wrap=True)
         return stop.exit_code
