@@ -7,66 +7,58 @@ atrous profile --model deeplabv3plus_resnet101_beta --output_stride 8 --separabl
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import json
 import math
+import os
 import sys
+import traceback
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import CLI
+import yaml
+from jsonargparse import CLI, ArgumentParser, auto_parser
+from jsonargparse.typing import PositiveInt
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
 from atrous.apps.demo import run_demo
+from atrous.apps.evaluate import evaluate_model
 from atrous.apps.serve import MAX_UPLOAD_MB, launch
-from atrous.convert.hf import convert_transformers
-from atrous.convert.mmseg import convert_mmseg
-from atrous.convert.tf import convert_tf
-from atrous.convert.torch_models import convert
+from atrous.convert.dispatch import convert_source
 from atrous.data import (
     DataConfig,
-    DataError,
-    FolderDataset,
-    SegmentationDataset,
     SyntheticScenes,
-    Task,
-    build_dataset,
 )
 from atrous.data.balance import inverse_log_weights, median_frequency_weights
-from atrous.data.chart import plot_class_balance
-from atrous.data.checks import DataReport, LabelProblem, check_dataset
-from atrous.data.doctor import label_doctor
-from atrous.data.fix import write_fixed
-from atrous.evaluation.evaluate import (
-    Evaluation,
-    default_report_path,
-    evaluate_segmenter,
-    run_data_config,
-    scores_to_dict,
+from atrous.data.check_data import check_data as run_check_data
+from atrous.data.check_data import data_options, fixed_options
+from atrous.data.checks import DataReport, LabelProblem
+from atrous.errors import (
+    REPORT_TO,
+    AtrousError,
+    UsageError,
+    missing_dependency,
+    require_writable,
 )
-from atrous.evaluation.metrics import ConfusionMatrix, SegmentationScores
-from atrous.evaluation.plots import plot_confusion
-from atrous.evaluation.protocols import ATROUS, EvalProtocol, ProtocolName
+from atrous.evaluation.metrics import SegmentationScores
+from atrous.evaluation.protocols import ATROUS, ProtocolName
+from atrous.evaluation.report import EvaluationReport
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
 from atrous.hub.load import load_segmenter
-from atrous.hub.published import fetch
 from atrous.hub.registry import (
-    PublishedScore,
-    get_published,
-    is_published,
-    published_entry,
     published_table,
 )
-from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
     DEMO_MODEL,
-    Segmenter,
     calibration_images,
+    expand_inputs,
     fast_segmenter,
     predict_files,
 )
@@ -74,7 +66,7 @@ from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
 from atrous.models.zoo import create_model, get_config, list_models
-from atrous.runtime.distributed import init_distributed, resolve_device, shutdown_distributed
+from atrous.runtime.distributed import resolve_device
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 from atrous.training.loop import TrainingPreempted
 from atrous.training.loop import train as run_training
@@ -82,6 +74,7 @@ from atrous.training.losses import LossConfig
 from atrous.training.overfit import OverfitFailed, overfit_check
 
 console = Console()
+errors = Console(stderr=True)  # failures: one line each on stderr
 
 
 def models(pretrained: bool = False) -> None:
@@ -90,7 +83,7 @@ def models(pretrained: bool = False) -> None:
     Args:
         pretrained: list the published trained checkpoints instead (atrous.load / --model names).
     """
-    if pretrained:
+    if pretrained:  # three columns: the longest name whole within 80 characters
         rows = published_table()
         table = Table(*rows[0])
         for row in rows:
@@ -120,10 +113,10 @@ def models(pretrained: bool = False) -> None:
 
 def profile(
     model: str = "deeplabv3plus_xception65",
-    height: int = 513,
-    width: int = 513,
+    height: PositiveInt = 513,
+    width: PositiveInt = 513,
     output_stride: int = 16,
-    num_classes: int = 21,
+    num_classes: PositiveInt = 21,
     separable: bool | None = None,
 ) -> None:
     """Count parameters and Multiply-Adds per module group (backbone, ASPP, decoder, classifier).
@@ -203,63 +196,46 @@ def train(
 
 
 def check_data(
-    dataset: str,
-    root: str | None = None,
-    sbd_root: str | None = None,
-    split: str = "train",
-    task: Task = "multiclass",
-    reduce_zero_label: bool = False,
-    in_channels: int = 3,
+    data: DataConfig = DataConfig(),  # noqa: B008
+    split: Literal["train", "val"] = "train",
     fix: str | None = None,
     chart: str | None = None,
+    progress: bool = True,
 ) -> int:
     """Check every image/mask pair of a dataset, name the label conventions of its masks with
     the option that reads each, and report class frequencies and weights.
 
     Args:
-        dataset: synthetic, voc, voc_aug, cityscapes, ade20k or folder.
-        root: the dataset folder.
-        sbd_root: the SBD folder (voc_aug only).
-        split: the split to check.
-        task: what the masks mean: multiclass, binary (0/255 or 0/1) or multilabel (a mask per
-            class), as data.task.
-        reduce_zero_label: 0 is unlabelled and 1..N are the classes (as ADE20K).
-        in_channels: image bands (not 3: folder datasets of multi-band TIFFs).
+        data: the dataset, with the options that train on it (--data.dataset folder
+            --data.root my_data --data.task binary …).
+        split: which of data's splits to check: train (data.train_split) or val.
         fix: write a converted copy of a folder dataset into this new folder (masks of class
             indices, classes.yaml, images copied); the originals are only read.
         chart: write the class-balance bar chart to this PNG file.
+        progress: show progress bars.
     """
-    config = DataConfig(
-        dataset=dataset,
-        root=root,
-        sbd_root=sbd_root,
-        train_split=split,
-        task=task,
-        reduce_zero_label=reduce_zero_label,
-        in_channels=in_channels,
-    )
-    data = build_dataset(config, "train")
-    report = check_dataset(data)
-    diagnosis = label_doctor(data, report)
-    _print_class_table(report)
-    console.print(f"{report.samples} of {len(data)} samples valid; {report.ignored} ignored pixels")
-    for error in report.errors:
-        console.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
-    _print_label_problems(diagnosis.problems)
-    if chart is not None:
-        plot_class_balance(report.classes, report.pixels, Path(chart), f"class balance: {split}")
-        console.print(f"class-balance chart: {chart}")
-    if fix is not None:
-        if not isinstance(data, FolderDataset):
-            raise ValueError("--fix converts folder datasets (dataset 'folder')")
-        written = write_fixed(data, diagnosis, fix)
+    result = run_check_data(data, split, fix, chart, progress)
+    options = ["atrous", "check-data", *data_options(data)]
+    options += ["--split", split] if split != "train" else []
+    if result.report is not None:
+        _print_class_table(result.report)
         console.print(
-            f"fixed copy: {written} image/mask pairs in {fix}; check it with "
-            f"atrous check-data folder --root {fix} --split {split or repr('')}",
+            f"{result.report.samples} of {result.samples} samples valid; "
+            f"{result.report.ignored} ignored pixels"
+        )
+        for error in result.report.errors:
+            errors.print(f"bad: {error}", style="red", markup=False, soft_wrap=True)
+    _print_label_problems(result.diagnosis.problems, options)
+    if result.chart is not None:
+        console.print(f"class-balance chart: {result.chart}")
+    if fix is not None:
+        again = " ".join(["atrous", "check-data", *fixed_options(result, fix)])
+        console.print(
+            f"fixed copy: {result.fixed} image/mask pairs in {fix}; check it with: {again}",
             markup=False,
             soft_wrap=True,
         )
-    return 1 if report.errors or any(p.fatal for p in diagnosis.problems) else 0
+    return 0 if result.ok else 1
 
 
 def _print_class_table(report: DataReport) -> None:
@@ -278,15 +254,18 @@ def _print_class_table(report: DataReport) -> None:
     console.print(table)
 
 
-def _print_label_problems(problems: Sequence[LabelProblem]) -> None:
-    """Each problem, and for a --data.* fix the check-data option that tries it."""
+def _print_label_problems(problems: Sequence[LabelProblem], command: list[str]) -> None:
+    """Each problem, and for an option that fixes it the command line that tries it."""
     for problem in problems:
         kind, style = ("labels", "bold red") if problem.fatal else ("warning", "yellow")
         kind = "note" if problem.kind == "palette_png" else kind
         console.print(f"{kind}: {problem.message}", style=style, markup=False, soft_wrap=True)
         if problem.fix and problem.fix.startswith("--data."):
-            option = problem.fix.removeprefix("--data.")
-            console.print(f"  check again with: atrous check-data ... --{option}", markup=False)
+            line = " ".join([*command, problem.fix])
+            console.print(f"  check again with: {line}", markup=False, soft_wrap=True)
+        elif problem.fix == "--fix OUT":
+            line = " ".join([*command, problem.fix])
+            console.print(f"  write the copy with: {line}", markup=False, soft_wrap=True)
 
 
 def evaluate(
@@ -326,133 +305,50 @@ def evaluate(
             calibrates on the split's first 8 images.
         pipeline: images per forward pass (of one size) and decoding processes.
     """
-    if precision == "int8" and not fast:
-        raise ValueError("precision int8 needs --fast true")
-    inference, published = published_protocol(model, inference, score)
-    measured = evaluation_protocol(model, protocol)
-    env = init_distributed(device)
-    try:
-        data = dataclasses.replace(data or training_data(model), val_split=split)
-        dataset = build_dataset(data, "val")
-        segmenter = _evaluation_segmenter(model, inference, precision, fast, dataset, env.device)
-        result = evaluate_segmenter(
-            segmenter, dataset, env, progress, trimap or (), trimap_source, pipeline, measured
-        )
-    finally:
-        shutdown_distributed()
-    if not env.is_main:
-        return
-    folder = fetch(model) if is_published(model) else model  # a published one: its cache
-    path = Path(output) if output else default_report_path(folder, split)
-    protocol_record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
-    protocol_record.update(images=len(dataset), inference=dataclasses.asdict(inference))
-    protocol_record.update(precision=precision, fast=fast, protocol=measured.describe())
-    _report_evaluation(
-        result, dataset.classes, protocol_record, published, trimap_source, path, segmenter.task
+    report = evaluate_model(
+        model,
+        data,
+        split,
+        inference,
+        score,
+        protocol,
+        trimap or (),
+        trimap_source,
+        precision,
+        device,
+        output,
+        progress,
+        fast,
+        pipeline,
     )
+    if report is not None:  # rank 0 of a torchrun job prints
+        print_evaluation(report)
 
 
-def _report_evaluation(
-    result: Evaluation,
-    names: Sequence[str],
-    report: dict[str, object],
-    published: PublishedScore | None,
-    trimap_source: str,
-    path: Path,
-    task: str = "multiclass",
-) -> None:
-    """Print the scores, the protocol and the published score; write the JSON report and,
-    for a (K × K) confusion matrix, its heatmap beside it (``<stem>_confusion.png``)."""
-    scores = result.scores()
-    _print_scores(scores, names, task)
-    inference = InferenceConfig(**report["inference"])
-    measured = report.get("protocol", ATROUS.describe())
+def print_evaluation(report: EvaluationReport) -> None:
+    """The scores, the protocol, the published score and the files written."""
+    scores, names, record = report.scores, report.names, report.record
+    _print_scores(scores, names, report.task)
+    inference = InferenceConfig(**record["inference"])
+    measured = record.get("protocol", ATROUS.describe())
     whole = None if measured == ATROUS.describe() else str(measured)
     console.print(
-        f"protocol: {describe_inference(inference, whole)}, {report['precision']}, "
-        f"{report['images']} images",
+        f"protocol: {describe_inference(inference, whole)}, {record['precision']}, "
+        f"{record['images']} images",
         soft_wrap=True,
     )
+    published = report.published
     if published is not None:
         console.print(
             f"published: {published.miou:.2f} on {published.split} "
             f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
             soft_wrap=True,
         )
-    report["scores"] = scores_to_dict(scores, names, task)
-    report["confusion_matrix"] = result.confusion.matrix.tolist()  # [truth][prediction]
-    report["published"] = dataclasses.asdict(published) if published is not None else None
-    if result.trimap is not None:
-        report["trimap"] = _trimap_report(result.trimap.scores(), names, trimap_source)
-    path.write_text(json.dumps(report, indent=2))
-    console.print(f"written: {path}", soft_wrap=True)
-    if isinstance(result.confusion, ConfusionMatrix):
-        heatmap = path.with_name(f"{path.stem}_confusion.png")
-        plot_confusion(result.confusion.matrix, names, heatmap)
-        console.print(f"written: {heatmap}", soft_wrap=True)
-
-
-def _evaluation_segmenter(
-    model: str,
-    inference: InferenceConfig,
-    precision: str,
-    fast: bool,
-    dataset: SegmentationDataset,
-    device: torch.device,
-) -> Segmenter:
-    """The segmenter ``atrous eval`` scores: int8 calibrates on the split's first images."""
-    segmenter = load_segmenter(model, inference, "fp32" if fast else precision, device)
-    if fast:
-        count = min(CALIBRATION_IMAGES, len(dataset))
-        segmenter = fast_segmenter(segmenter, precision, [dataset.load(i)[0] for i in range(count)])
-    if segmenter.num_classes != dataset.num_classes:
-        raise ValueError(
-            f"the model predicts {segmenter.num_classes} classes, the dataset has "
-            f"{dataset.num_classes}"
-        )
-    return segmenter
-
-
-def published_protocol(
-    model: str, inference: InferenceConfig, index: int
-) -> tuple[InferenceConfig, PublishedScore | None]:
-    """For a published checkpoint evaluated with default options: the inference of its
-    ``index``-th published score, and that score (to print beside ours)."""
-    if not is_published(model):
-        return inference, None
-    scores = get_published(model).scores
-    if not scores:
-        return inference, None
-    if not 0 <= index < len(scores):
-        raise ValueError(f"{model} has {len(scores)} published scores; --score {index}")
-    score = scores[index]
-    if inference != InferenceConfig():  # options given: the user's protocol, for comparison
-        return inference, score
-    chosen = score.protocol
-    return InferenceConfig(chosen.output_stride, chosen.scales, chosen.flip), score
-
-
-def evaluation_protocol(model: str, name: str) -> EvalProtocol:
-    """``--protocol``: atrous's own, or the one the model's published figures were made with."""
-    if name == "atrous":
-        return ATROUS
-    entry = published_entry(model)
-    if entry is None:
-        raise ValueError(
-            f"--protocol official needs a published checkpoint (atrous models --pretrained) or a "
-            f"folder fetched from one; {model} is neither: evaluate it with --protocol atrous"
-        )
-    return entry.measured_with
-
-
-def training_data(model: str) -> DataConfig:
-    """The dataset ``model`` was trained on: a published checkpoint's, or its run's."""
-    if is_published(model):
-        dataset = get_published(model).dataset
-        if dataset is None:
-            raise ValueError(f"{model} is an ImageNet backbone; there is nothing to evaluate")
-        return DataConfig(dataset=dataset)
-    return run_data_config(model)
+    for width, band in report.trimap.items():
+        console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
+    for path in (report.path, report.heatmap):
+        if path is not None:
+            console.print(f"written: {path}", soft_wrap=True)
 
 
 def _print_scores(scores: SegmentationScores, names: Sequence[str], task: str) -> None:
@@ -480,17 +376,6 @@ def _print_scores(scores: SegmentationScores, names: Sequence[str], task: str) -
     if scores.absent_classes:
         absent = ", ".join(names[i] for i in scores.absent_classes)
         console.print(f"not in the mean (absent from truth and prediction): {absent}")
-
-
-def _trimap_report(
-    bands: dict[int, SegmentationScores], names: Sequence[str], source: str
-) -> dict[str, object]:
-    for width, band in bands.items():
-        console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
-    return {
-        "source": source,
-        "mean_iou": {str(w): scores_to_dict(s, names)["mean_iou"] for w, s in bands.items()},
-    }
 
 
 def predict(
@@ -525,7 +410,8 @@ def predict(
         pipeline: images per forward pass (of one size), decoding processes, writing threads.
     """
     if precision == "int8" and not fast:
-        raise ValueError("precision int8 needs --fast true")
+        raise UsageError("--precision int8 needs --fast true")
+    expand_inputs(inputs)  # no image to segment: said before the model loads
     segmenter = load_segmenter(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
@@ -534,7 +420,7 @@ def predict(
     report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress, pipeline)
     console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
-        console.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
+        errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
     return 1 if report.failed else 0
 
 
@@ -555,6 +441,7 @@ def export(
         check: compare the ONNX file's outputs with the eager model's (fails beyond ten times the
             model's own fp32 rounding, at least 1e-4 of the logits' scale).
     """
+    require_writable(output, "--output")
     segmenter = load_segmenter(model)
     if format == "pt2":
         console.print(f"written: {export_program(segmenter.network, output)}")
@@ -608,26 +495,12 @@ def convert_weights(
         dataset: tf only: names the classes and colours (ade20k also drops class 0, "other").
         aux_head: torchvision only: keep its auxiliary head (a start for --run.init_from).
     """
-    if aux_head and kind != "torchvision":
-        raise ValueError("aux_head applies to torchvision sources only")
-    if kind == "tf":
-        if class_names is not None or palette is not None:
-            raise ValueError("a tf source takes its class names from --dataset")
-        size = tuple(crop_size) if crop_size is not None else None
-        path, report = convert_tf(source, output, size, dataset)
-        console.print(f"written: {path}")
-        console.print(report.describe(), soft_wrap=True)
-        return
-    if crop_size is not None or dataset is not None:
-        raise ValueError("crop_size and dataset apply to tf sources only")
-    if kind == "transformers":
-        console.print(f"written: {convert_transformers(source, output, palette)}")
-        return
-    if kind == "mmseg":
-        console.print(f"written: {convert_mmseg(source, output, output_stride, aspp_rates)}")
-        return
-    options = (class_names, palette, output_stride, aspp_rates, aux_head)
-    console.print(f"written: {convert(source, kind, output, *options)}")
+    size = tuple(crop_size) if crop_size is not None else None
+    options = (class_names, palette, output_stride, aspp_rates, size, dataset, aux_head)
+    result = convert_source(source, kind, output, *options)
+    console.print(f"written: {result.path}")
+    if result.report is not None:
+        console.print(result.report, soft_wrap=True)
 
 
 def serve(
@@ -677,33 +550,172 @@ def serve_model_word(args: list[str]) -> list[str]:
     return args
 
 
+COMMANDS = {
+    "demo": demo,
+    "train": train,
+    "eval": evaluate,
+    "predict": predict,
+    "export": export,
+    "convert": convert_weights,
+    "serve": serve,
+    "check-data": check_data,
+    "models": models,
+    "profile": profile,
+}
+
+
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the ``atrous`` command."""
-    args = serve_model_word(gather_paths(sys.argv[1:] if args is None else list(args)))
+    """Entry point of the ``atrous`` command: the exit status of the contract in docs/errors.md
+    (0 done, 1 bad input or failure, 2 usage error)."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get("ATROUS_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     try:
-        commands = {
-            "demo": demo,
-            "train": train,
-            "eval": evaluate,
-            "predict": predict,
-            "export": export,
-            "convert": convert_weights,
-            "serve": serve,
-            "check-data": check_data,
-            "models": models,
-            "profile": profile,
-        }
-        status = CLI(commands, args=args)
+        args = serve_model_word(gather_paths(typed_words(auto_parser(COMMANDS), args)))
+        check_config_files(args)
+        Parser.command = args[0] if args and not args[0].startswith("-") else ""
+        status = CLI(COMMANDS, args=args, parser_class=Parser, prog="atrous")
+    except SystemExit as stop:  # the parser's usage errors (already printed) and --help
+        return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
     except TrainingPreempted as stop:  # after the step it was in, with last.pt written
         console.print(str(stop), style="bold yellow", markup=False, soft_wrap=True)
         return stop.exit_code
     except OverfitFailed as failed:  # the pre-flight's verdict, not a crash
-        console.print(str(failed), style="bold red", markup=False, soft_wrap=True)
-        return 1
-    except (ValueError, DataError, OSError, ExportCheckError, ImportError) as error:
-        console.print(f"error: {error}", style="bold red", markup=False, soft_wrap=True)
-        return 2
+        return report_error(str(failed), 1, debug)
+    except Exception as error:
+        message, code = describe_error(error, args[0] if args else "")
+        return report_error(message, code, debug)
     return status if isinstance(status, int) else 0
+
+
+class Parser(ArgumentParser):
+    """The command's parser: a usage error is its message and where to find the options, not
+    the whole usage text."""
+
+    command = ""  # the subcommand being parsed, for the tip
+
+    def error(self, message: str, ex: Exception | None = None) -> typing.NoReturn:
+        if "Does not validate against any of the Union subtypes" in message:
+            reasons = [
+                line.strip()[2:]
+                for line in message.splitlines()
+                if line.strip().startswith("- ") and "NoneType" not in line
+            ]
+            message = "; ".join(reasons) or message
+        sys.stderr.write(
+            f"error: {message.strip()}\ntip: atrous {self.command} --help lists the options\n"
+        )
+        sys.exit(2)
+
+
+def check_config_files(args: list[str]) -> None:
+    """Each ``--config`` file exists and is a YAML mapping; else a UsageError naming the file
+    and the line (the parser's own message names neither)."""
+    for option, value in itertools.pairwise(args):
+        if option != "--config":
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise UsageError(f"--config {value}: file not found")
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or error
+            raise UsageError(f"--config {value}:{where}: invalid YAML ({problem})") from None
+        if content is not None and not isinstance(content, dict):
+            raise UsageError(
+                f"--config {value}: holds a {type(content).__name__}, not a mapping of options "
+                "(model:, data:, run: …)"
+            )
+
+
+def describe_error(error: Exception, command: str) -> tuple[str, int]:
+    """The one line and exit status for ``error``: bad input (an AtrousError, also when the
+    parser wrapped it; a file, option or missing package) or, for anything else, a bug."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, AtrousError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, AtrousError):
+        return f"error: {cause}", cause.exit_code
+    if isinstance(error, ModuleNotFoundError):
+        return f"error: {missing_dependency(error.name or str(error), f'atrous {command}')}", 1
+    if isinstance(error, ValueError | OSError | ExportCheckError | ImportError):
+        return f"error: {error}", 1
+    text = (
+        f"internal error (a bug): {type(error).__name__}: {error}; please report it to "
+        f"{REPORT_TO}; rerun with --debug for the traceback"
+    )
+    return text, 1
+
+
+def report_error(message: str, code: int, debug: bool) -> int:
+    """Print ``message`` on stderr (after the traceback with --debug) and return ``code``."""
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    print(message, file=sys.stderr)
+    return code
+
+
+def typed_words(parser: ArgumentParser, args: list[str]) -> list[str]:
+    """Options as users type them: a bare boolean flag (``--pretrained``) means true, and a
+    list option's several words (``--crop_size 513 513``) are one list."""
+    if not args or args[0] not in COMMANDS:
+        return args
+    actions = {
+        option: action
+        for action in parser._subcommands_action._name_parser_map[args[0]]._actions
+        for option in action.option_strings
+    }
+    out, index = [args[0]], 1
+    while index < len(args):
+        token = args[index]
+        out.append(token)
+        index += 1
+        hint = getattr(actions.get(token), "_typehint", None)
+        following = args[index] if index < len(args) else None
+        if hint is not None and _is_bool(hint) and not _is_bool_word(following):
+            out.append("true")
+        elif hint is not None and (items := _list_items(hint)) is not None:
+            words = list(itertools.takewhile(lambda w: _fits(w, items), args[index:]))
+            if len(words) > 1:
+                out.append(json.dumps([yaml.safe_load(word) for word in words]))
+                index += len(words)
+    return out
+
+
+def _is_bool(hint: object) -> bool:
+    return hint is bool or set(typing.get_args(hint)) == {bool, type(None)}
+
+
+def _is_bool_word(word: str | None) -> bool:
+    """A value the parser reads for a boolean option (anything else follows a bare flag)."""
+    return word is not None and word.lower() in ("true", "false", "yes", "no", "null", "none")
+
+
+def _list_items(hint: object) -> tuple[type, ...] | None:
+    """The item types of list[int], list[str], tuple[int, int] (or Optional of one); None for
+    other hints."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for inner in typing.get_args(hint) if union else (hint,):
+        items = tuple(a for a in typing.get_args(inner) if a is not Ellipsis)
+        if typing.get_origin(inner) in (list, tuple) and items and set(items) <= {int, float, str}:
+            return items
+    return None
+
+
+def _fits(word: str, items: tuple[type, ...]) -> bool:
+    """``word`` is one more item of a list of ``items`` (numbers: only numbers; not an option)."""
+    if word.startswith("--"):
+        return False
+    if str in items:
+        return True
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

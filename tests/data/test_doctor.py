@@ -30,8 +30,11 @@ def write_folder(root: Path, spec: str, masks: list[np.ndarray]) -> None:
 
 
 def check(capsys, root: Path, *options: str) -> tuple[int, str]:
-    status = main(["check-data", "folder", "--root", str(root), *options])
-    return status, capsys.readouterr().out
+    """``atrous check-data`` on the folder dataset at ``root``: its status, stdout and stderr."""
+    data = ["--data.dataset", "folder", "--data.root", str(root), "--progress", "false"]
+    status = main(["check-data", *data, *options])
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
 
 
 def masks_of(root: Path, **options) -> list[np.ndarray]:
@@ -63,8 +66,9 @@ def test_antialiased_binary_masks_need_task_binary(tmp_path, capsys):
     assert status == 1
     assert "the masks hold 0 and 255 (and greys between" in out
     assert "Train them as a binary task: --data.task binary" in out
-    assert "check again with: atrous check-data ... --task binary" in out
-    status, out = check(capsys, tmp_path, "--task", "binary")
+    again = f"check again with: atrous check-data --data.dataset folder --data.root {tmp_path}"
+    assert f"{again} --data.task binary" in out
+    status, out = check(capsys, tmp_path, "--data.task", "binary")
     assert status == 0, out
     for mask, read in zip(masks, masks_of(tmp_path, task="binary"), strict=True):
         np.testing.assert_array_equal(read, (mask >= 128).astype(np.int64))  # 200, 255 → 1
@@ -119,11 +123,11 @@ def test_binary_masks_with_void_need_ignore_index(tmp_path, capsys):
     mask[4:12, 4:12] = 1
     mask[0] = 255  # unlabelled border, as VOC draws it
     write_folder(tmp_path, "names: [background, cell]\n", [mask, mask])
-    status, out = check(capsys, tmp_path, "--task", "binary")
+    status, out = check(capsys, tmp_path, "--data.task", "binary")
     assert status == 1 and "If 255 marks unlabelled pixels" in out
     assert "say so in classes.yaml: ignore_index: 255" in out
     (tmp_path / "classes.yaml").write_text("names: [background, cell]\nignore_index: 255\n")
-    status, out = check(capsys, tmp_path, "--task", "binary")
+    status, out = check(capsys, tmp_path, "--data.task", "binary")
     assert status == 0, out
     np.testing.assert_array_equal(masks_of(tmp_path, task="binary")[0], mask)  # 1 kept, 255 void
 
@@ -178,7 +182,7 @@ def test_rgb_masks_with_more_colours_than_names_are_fixed(tmp_path, capsys):
     write_folder(tmp_path / "data", "names: [background, tree]\n", masks)
     status, out = check(capsys, tmp_path / "data")
     assert status == 1 and "they hold 4 colours" in out and "for 2 class names" in out
-    assert out.count("--fix OUT") == 1
+    assert out.count(": --fix OUT") == 1 and out.count("write the copy with:") == 1
     check(capsys, tmp_path / "data", "--fix", str(tmp_path / "out"))
     status, out = check(capsys, tmp_path / "out")
     assert status == 0, out
@@ -205,7 +209,7 @@ def test_zero_unlabelled_masks_need_reduce_zero_label(tmp_path, capsys):
     assert status == 1 and "0 marks unlabelled pixels (ADE20K's convention" in out
     assert "as classes 0…2: --data.reduce_zero_label true" in out
     assert "names needs" not in out  # the doctor names the convention, not a bad value
-    status, out = check(capsys, tmp_path / "data", "--reduce_zero_label", "true")
+    status, out = check(capsys, tmp_path / "data", "--data.reduce_zero_label", "true")
     assert status == 0, out
     for raw, read in zip(masks, masks_of(tmp_path / "data", reduce_zero_label=True), strict=True):
         np.testing.assert_array_equal(read, np.where(raw == 0, 255, raw - 1))
@@ -241,10 +245,10 @@ def test_fix_refuses_a_folder_in_use(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     status, out = check(capsys, tmp_path / "data", "--fix", str(tmp_path / "full"))
-    assert status == 2 and "the folder exists and is not empty" in out
+    assert status == 1 and "the folder exists and is not empty" in out
     inside = tmp_path / "data" / "masks" / "fixed"
     status, out = check(capsys, tmp_path / "data", "--fix", str(inside))
-    assert status == 2 and "is inside" in out and not inside.exists()
+    assert status == 1 and "is inside" in out and not inside.exists()
 
 
 # ---------------------------------------------------------------- multilabel
@@ -282,7 +286,7 @@ def test_multilabel_masks_stack_per_class(tmp_path, capsys):
     assert not report.errors
     water = sum(int((planes[s, "water"] == 1).sum()) for s in ("m0", "m1"))
     assert report.pixels[0] == water and report.present_pixels.tolist() == [2 * 99, 99]
-    status, out = check(capsys, tmp_path, "--task", "multilabel")
+    status, out = check(capsys, tmp_path, "--data.task", "multilabel")
     assert status == 0, out
     cached = DecodedCache(data, tmp_path / "cache")
     assert cached.task == "multilabel" and torch.equal(cached[0][1], mask)
@@ -332,7 +336,7 @@ def test_four_band_tiffs_read_as_float_in_either_layout(tmp_path, capsys):
     assert a.shape == b.shape == (4, 10, 12) and a.dtype == torch.float32
     torch.testing.assert_close(a, torch.from_numpy(hwc / 65535.0).float().permute(2, 0, 1))
     torch.testing.assert_close(b, torch.from_numpy(chw / 255.0).float())
-    assert check(capsys, tmp_path, "--in_channels", "4")[0] == 0
+    assert check(capsys, tmp_path, "--data.in_channels", "4")[0] == 0
     tifffile.imwrite(tmp_path / "images" / "train" / "b.tiff", chw[:3], photometric="minisblack")
     with pytest.raises(DataError, match=r"b.tiff has shape \(3, 10, 12\): expected 4 bands"):
         data[1]

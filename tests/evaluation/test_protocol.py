@@ -237,7 +237,7 @@ def test_eval_protocol_official_on_a_folder_fetched_from_a_tf_entry(voc_tree, tm
     command = ["eval", "--model", str(folder), "--data.dataset", "voc", "--data.root", str(root)]
     report_path = tmp_path / "e.json"
     assert main([*command, "--protocol", "official", "--output", str(report_path)]) == 2
-    assert "--protocol official needs a published checkpoint" in capsys.readouterr().out
+    assert "--protocol official needs a published checkpoint" in capsys.readouterr().err
     (folder / "source.json").write_text(json.dumps({"name": "tf:mobilenetv2_coco_voc_trainaug"}))
     assert main([*command, "--protocol", "official", "--output", str(report_path)]) == 0
     assert "padded to 513×513" in capsys.readouterr().out

@@ -46,7 +46,8 @@ def published(model, tmp_path, monkeypatch):
     monkeypatch.setenv("ATROUS_CACHE", str(tmp_path / "cache"))
     folder = cached_folder(PUBLISHED)
     model.save_pretrained(folder, class_names=CLASSES)
-    (folder / "source.json").write_text(json.dumps({"name": PUBLISHED, "converter": converter_version()}))
+    record = {"name": PUBLISHED, "converter": converter_version()}
+    (folder / "source.json").write_text(json.dumps(record))
     return PUBLISHED
 
 

@@ -140,9 +140,10 @@ def test_eval_runs_the_published_protocol_and_prints_the_published_miou(
     assert report["inference"]["flip"] and len(report["inference"]["scales"]) == 6
 
 
-def test_unknown_names_and_imagenet_backbones_are_clear_errors(capsys):
-    assert main(["predict", "x.jpg", "--model", "tf:no_such_model"]) == 2
-    assert "unknown published checkpoint 'tf:no_such_model'" in capsys.readouterr().out
+def test_unknown_names_and_imagenet_backbones_are_clear_errors(tmp_path, capsys):
+    output = str(tmp_path / "x.onnx")
+    assert main(["export", "--model", "tf:no_such_model", "--output", output]) == 1
+    assert "unknown published checkpoint 'tf:no_such_model'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"ImageNet backbone.*--run.backbone_weights"):
         atrous.load("tf:xception65_imagenet")
 
@@ -183,10 +184,13 @@ def test_the_table_fits_80_columns_and_labels_test_figures(capsys):
     assert re.search(r"tf:xception71_dpc_cityscapes_trainval +│ not built: DPC head", out)
 
 
-def test_refused_checkpoints_say_why(capsys):
+def test_refused_checkpoints_say_why(tmp_path, capsys):
     assert "tf:xception71_dpc_cityscapes_trainfine" in REFUSED
     with pytest.raises(ValueError, match="Dense Prediction Cell"):
         get_published("tf:xception71_dpc_cityscapes_trainval")
-    assert main(["predict", "x.jpg", "--model", "tf:mobilenetv3_large_cityscapes_trainfine"]) != 0
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    model = "tf:mobilenetv3_large_cityscapes_trainfine"
+    assert main(["predict", str(image), "--model", model]) != 0
     printed = capsys.readouterr()
     assert "MobileNetV3" in printed.out + printed.err

@@ -201,7 +201,7 @@ def test_predict_and_eval_run_fast(tiny_run, trained, tmp_path, capsys):
     assert main(["predict", str(folder), *args, "--fast", "true", "--precision", "bf16"]) == 0
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 3
     assert main(["predict", str(folder), *args, "--precision", "int8"]) == 2
-    assert "needs --fast" in capsys.readouterr().out
+    assert "needs --fast" in capsys.readouterr().err
 
     scores = {}
     for fast in ("false", "true"):

@@ -70,7 +70,7 @@ def test_predict_command_reports_bad_files_and_exit_code(tiny_run, mixed_folder,
     out = tmp_path / "cli"
     args = ["predict", *good, str(folder / "notes.jpg"), "--model", str(tiny_run / "best.pt")]
     status = main([*args, "--output_dir", str(out), "--progress", "false"])
-    printed = capsys.readouterr().out
+    printed = "".join(capsys.readouterr())
     assert status == 1
     assert "notes.jpg" in printed and "2 images segmented" in printed
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["gray.png", "rgb.png"]
@@ -162,5 +162,5 @@ def test_eval_command_prints_table_and_writes_json(tiny_run, tmp_path, capsys):
 
 def test_eval_of_an_unknown_model_is_one_clear_error(tmp_path, capsys):
     status = main(["eval", "--model", str(tmp_path / "missing.pt"), "--data.dataset", "synthetic"])
-    assert status == 2
-    assert "no model at" in capsys.readouterr().out
+    assert status == 1
+    assert "no model at" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Trained models from other code, converted to equal logits: torchvision, smp, transformers,
 mmsegmentation and the official TensorFlow DeepLab checkpoints."""
 
+from atrous.convert.dispatch import convert_source
 from atrous.convert.hf import convert_transformers, from_transformers
 from atrous.convert.mmseg import convert_mmseg, from_mmseg
 from atrous.convert.tf import convert_tf, from_tf_checkpoint
@@ -9,6 +10,7 @@ from atrous.convert.torch_models import convert, from_smp, from_torchvision
 __all__ = [
     "convert",
     "convert_mmseg",
+    "convert_source",
     "convert_tf",
     "convert_transformers",
     "from_mmseg",

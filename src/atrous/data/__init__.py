@@ -15,6 +15,7 @@ from atrous.data.io import DataError, read_image, read_mask
 from atrous.data.synthetic import SyntheticScenes
 from atrous.data.transforms import RandomScale, normalisation, training_transform
 from atrous.data.voc import VOCAugSegmentation, VOCSegmentation
+from atrous.errors import UsageError, require_at_least
 
 DatasetName = Literal["synthetic", "voc", "voc_aug", "cityscapes", "ade20k", "folder"]
 
@@ -45,6 +46,18 @@ class DataConfig:
     task: Task = "multiclass"
     reduce_zero_label: bool = False  # folder masks: 0 = unlabelled → ignore, 1..N → 0..N-1
     in_channels: int = 3  # image bands; not 3: folder dataset, float images (multi-band TIFF)
+
+    def __post_init__(self) -> None:
+        require_at_least("data", 1, crop_size=self.crop_size, in_channels=self.in_channels)
+        require_at_least("data", 0, workers=self.workers, color_jitter=self.color_jitter)
+        sizes = {"synthetic_train": self.synthetic_train, "synthetic_val": self.synthetic_val}
+        require_at_least("data", 1, synthetic_size=self.synthetic_size, **sizes)
+        require_at_least("data", 0, scale_step=self.scale_step)
+        if not 0 < self.scale_min <= self.scale_max:
+            raise UsageError(
+                f"data.scale_min and data.scale_max need 0 < scale_min ≤ scale_max, got "
+                f"{self.scale_min} and {self.scale_max}"
+            )
 
 
 def build_dataset(config: DataConfig, split: Literal["train", "val"]) -> SegmentationDataset:

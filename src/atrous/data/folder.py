@@ -60,7 +60,12 @@ def read_classes_file(path: Path) -> tuple[tuple[str, ...], Palette | None, int 
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise DataError(f"cannot parse {path}: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or error
+        raise DataError(f"{path}: invalid YAML{where} ({problem})") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path}: holds a {type(spec).__name__}, not names: [...] and palette:")
     unknown = set(spec) - {"names", "palette", "ignore_index"}
     if unknown:
         raise DataError(
@@ -71,14 +76,29 @@ def read_classes_file(path: Path) -> tuple[tuple[str, ...], Palette | None, int 
         raise DataError(f"{path}: 'names' must be a non-empty list of class names")
     palette = spec.get("palette")
     if palette is not None:
-        if len(palette) != len(names) or not all(
-            isinstance(c, list) and len(c) == 3 and all(0 <= int(v) <= 255 for v in c)
-            for c in palette
-        ):
-            raise DataError(f"{path}: 'palette' needs one [r, g, b] (0–255) per class name")
-        palette = tuple(tuple(int(v) for v in c) for c in palette)
+        palette = read_palette(path, palette, names)
     ignore = spec.get("ignore_index")
     return tuple(names), palette, None if ignore is None else int(ignore)
+
+
+def read_palette(path: Path, palette: object, names: list[str]) -> Palette:
+    """classes.yaml's ``palette``: one [r, g, b] (0–255) per class name; a bad entry is a
+    DataError naming it (index, class and value)."""
+    if not isinstance(palette, list) or len(palette) != len(names):
+        raise DataError(f"{path}: 'palette' needs one [r, g, b] (0–255) per class name")
+    for index, colour in enumerate(palette):
+        if not (
+            isinstance(colour, list)
+            and len(colour) == 3
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour
+            )
+        ):
+            raise DataError(
+                f"{path}: palette entry {index} (class {names[index]!r}) is {colour!r}; a colour "
+                "is [r, g, b] with values 0–255, e.g. [255, 0, 0] for red"
+            )
+    return tuple(tuple(c) for c in palette)
 
 
 def folder_classes(
@@ -195,7 +215,8 @@ def multilabel_pairs(
 
 class FolderDataset(FilePairs):
     """Image/mask pairs matched by file stem, described by ``classes.yaml`` (module docstring:
-    the layout, ``task``, ``reduce_zero_label`` and ``in_channels``)."""
+    the layout, ``task``, ``reduce_zero_label`` and ``in_channels``); ``classes`` (names,
+    palette, ignore label) stands in for a classes.yaml not yet written (``check-data --fix``)."""
 
     def __init__(
         self,
@@ -204,6 +225,7 @@ class FolderDataset(FilePairs):
         task: Task = "multiclass",
         reduce_zero_label: bool = False,
         in_channels: int = 3,
+        classes: tuple[tuple[str, ...], Palette | None, int | None] | None = None,
     ) -> None:
         root = Path(root)
         require_dir(root, "dataset folder")
@@ -211,7 +233,7 @@ class FolderDataset(FilePairs):
             raise ValueError(f"reduce_zero_label applies to multiclass masks, not task {task!r}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        names, palette, ignore = folder_classes(root, task)
+        names, palette, ignore = classes or folder_classes(root, task)
         self.root, self.split = root, split
         self.task, self.in_channels = task, in_channels
         self.reduce_zero_label = reduce_zero_label  # a scalar: part of the cache fingerprint

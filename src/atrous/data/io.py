@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atrous.errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A problem with one file or sample of a dataset; the message names it."""
 
 
@@ -92,6 +94,11 @@ def read_raw_mask(path: str | Path) -> tuple[np.ndarray, Palette | None]:
     (None for other files), for the label doctor to tell the file's convention."""
     try:
         with Image.open(path) as opened:
+            if opened.format == "JPEG":
+                raise DataError(
+                    f"mask {path} is a JPEG: JPEG is lossy and smears label values at edges; "
+                    "masks must be PNG (export them losslessly)"
+                )
             opened.load()
             mode = opened.mode
             if mode in ("RGB", "RGBA"):
@@ -101,6 +108,11 @@ def read_raw_mask(path: str | Path) -> tuple[np.ndarray, Palette | None]:
             flat = opened.getpalette() if mode == "P" else None
             colours = None if flat is None else tuple(zip(*[iter(flat)] * 3, strict=False))
             return np.asarray(opened).astype(np.int64), colours
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"mask {path} has more pixels than Pillow's decompression-bomb limit: a corrupt or "
+            "hostile file, or a mask to tile into smaller ones"
+        ) from None
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise DataError(f"cannot read mask {path}: {error}") from None
 

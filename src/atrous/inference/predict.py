@@ -28,6 +28,7 @@ from atrous.data.folder import IMAGE_SUFFIXES
 from atrous.data.io import DataError, read_image
 from atrous.data.palettes import voc_palette
 from atrous.data.visualize import colorize, overlay, overlay_multilabel, palette_image
+from atrous.errors import InputError
 from atrous.export.onnx import OnnxNetwork
 from atrous.inference.fast import (
     CALIBRATION_IMAGES,
@@ -187,6 +188,11 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             matches = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not matches:
+                raise InputError(
+                    f"no image files in the folder {path} (looked for "
+                    f"{', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
         elif path.is_file():
             matches = [path]
         else:
@@ -196,7 +202,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
                 if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
             ]
             if not matches:
-                raise ValueError(f"no image files match {str(item)!r}")
+                raise InputError(f"no image files match {str(item)!r} (not a file or folder)")
         found.update(dict.fromkeys(matches))
     files = list(found)
     stems: dict[str, Path] = {}

@@ -211,8 +211,8 @@ def load_weights(
     if strict and not report.complete:
         raise ValueError(
             f"{source} do not fit the {type(module).__name__}:\n{report.describe()}\n"
-            "Pass strict=False to load the tensors that fit and keep the model's own values for "
-            "the rest (e.g. a new classifier for another number of classes)."
+            "To start from the tensors that fit (e.g. a new classifier for another number of "
+            "classes): atrous train --run.init_from <model>, or in Python strict=False."
         )
     module.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     return report

@@ -82,6 +82,8 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None:
                 kind = float if name.startswith("input_") else int
+                if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+                    raise ValueError(f"{name} must be a list of numbers, got {value!r}")
                 object.__setattr__(self, name, tuple(kind(v) for v in value))
         self._check_input_channels()
 

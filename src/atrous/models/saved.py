@@ -29,6 +29,7 @@ from huggingface_hub.errors import (
 from safetensors.torch import save_file
 
 from atrous.data import DataConfig, dataset_labels
+from atrous.errors import InputError
 from atrous.models.card import model_card_text
 from atrous.models.checkpoint import load_checkpoint, load_weights, read_safetensors
 from atrous.models.config import ModelConfig
@@ -167,6 +168,8 @@ class SavedModel(PyTorchModelHubMixin):
                 f"{CONFIG_NAME} (written by save_pretrained); atrous.load reads a .safetensors "
                 "file or a training checkpoint (.pt, tensors only: never code)"
             )
+        if (source / CONFIG_NAME).is_file():
+            read_config_file(source / CONFIG_NAME)  # a bad file named, not a JSON error
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (
@@ -291,6 +294,22 @@ class SavedModel(PyTorchModelHubMixin):
         return model
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A saved ``config.json``, which must be valid JSON holding an object (an InputError
+    naming the file, and the line of a syntax error, otherwise)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(
+            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file; config.json is JSON") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def parse_saved_config(
     data: dict[str, Any], source: str
 ) -> tuple[ModelConfig, tuple[str, ...] | None, tuple[RGB, ...] | None]:
@@ -301,7 +320,12 @@ def parse_saved_config(
             f"{source} is not an atrous model config of format {FORMAT_VERSION} or older "
             f"(format_version: {version!r})"
         )
-    config = ModelConfig.from_dict(data["model"])
+    if not isinstance(data["model"], dict):
+        raise InputError(f"{source}: 'model' must be an object of config fields")
+    try:
+        config = ModelConfig.from_dict(data["model"])
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{source}: model: {error}") from None
     for key, expected in (("mean", config.mean), ("std", config.std)):
         saved = data.get(key)
         if saved is not None and (

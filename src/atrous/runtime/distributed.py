@@ -11,7 +11,7 @@ import torch.distributed as dist
 from atrous.errors import UsageError
 
 
-class DeviceError(UsageError, ValueError):
+class DeviceError(UsageError):
     """A ``--device`` this machine does not have."""
 
 

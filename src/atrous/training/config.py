@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from atrous.data import DataConfig
+from atrous.errors import require_at_least
 from atrous.models.config import ModelConfig
 from atrous.training.losses import LossConfig
 
@@ -50,6 +51,14 @@ class RunConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", …
     progress: bool = True  # show a progress bar
     overfit_batch: int = 0  # pre-flight: fit one batch this many steps, fail if loss stays high
+
+    def __post_init__(self) -> None:
+        counts = {"batch_size": self.batch_size, "accumulate": self.accumulate}
+        require_at_least("run", 1, log_every=self.log_every, **counts)
+        periods = {"val_every": self.val_every, "checkpoint_every": self.checkpoint_every}
+        require_at_least("run", 1, iterations=self.iterations)
+        require_at_least("run", 0, overfit_batch=self.overfit_batch)
+        require_at_least("run", 0, checkpoint_minutes=self.checkpoint_minutes, **periods)
 
 
 @dataclass
