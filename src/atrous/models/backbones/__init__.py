@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from atrous.models.backbones.base import Backbone, StridedUnit, apply_output_stride
 from atrous.models.backbones.mobilenet import MobileNetV2
 from atrous.models.backbones.resnet import ResNet
+from atrous.models.backbones.timm import TimmBackbone, is_timm_name, timm_normalisation
 from atrous.models.backbones.xception import Xception
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,6 +72,29 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def _timm(name: str) -> Callable[..., Backbone]:
+    def build(
+        output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+    ) -> Backbone:
+        return TimmBackbone(name, output_stride, in_channels)
+
+    return build
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a backbone name: a key of ``BACKBONES``, or ``timm:<model>`` for any timm
+    encoder (``pip install 'atrous[timm]'``) that timm can dilate."""
+    if is_timm_name(name):
+        mean, std = timm_normalisation(name)
+        return BackboneSpec(_timm(name), mean, std, supports_multi_grid=False)
+    if name not in BACKBONES:
+        raise ValueError(
+            f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}, "
+            "or timm:<name> for a timm encoder"
+        )
+    return BACKBONES[name]
+
+
 def build_backbone(
     name: str,
     *,
@@ -82,9 +106,7 @@ def build_backbone(
 ) -> Backbone:
     """Build a backbone by name, checking that the options apply to it; ``in_channels`` is the
     number of input bands its first conv reads (3: RGB)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}")
-    spec = BACKBONES[name]
+    spec = backbone_spec(name)
     if multi_grid is not None and not spec.supports_multi_grid:
         raise ValueError(f"backbone {name!r} has no multi-grid option (got {tuple(multi_grid)})")
     if width_multiplier != 1.0 and not spec.supports_width:
@@ -107,7 +129,9 @@ __all__ = [
     "MobileNetV2",
     "ResNet",
     "StridedUnit",
+    "TimmBackbone",
     "Xception",
     "apply_output_stride",
+    "backbone_spec",
     "build_backbone",
 ]
