@@ -91,12 +91,13 @@ def _create(
     try:
         with torch.device(device) if device else contextlib.nullcontext():
             return timm.create_model(model, features_only=True, in_chans=in_channels, **kwargs)
-    except TypeError as error:
-        if "output_stride" not in str(error):
+    except (TypeError, AssertionError) as error:
+        if isinstance(error, TypeError) and "output_stride" not in str(error):
             raise
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         raise ValueError(
             f"timm model {model!r} cannot run at output stride {output_stride}: timm has no "
-            f"atrous (dilated) version of it ({error}); use output_stride 32 or another encoder"
+            f"atrous (dilated) version of it ({reason}); use output_stride 32 or another encoder"
         ) from None
     except RuntimeError as error:
         if "features_only" not in str(error):
