@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from atrous.models.backbones.base import Backbone, StridedUnit, apply_output_stride
 from atrous.models.backbones.mobilenet import MobileNetV2
+from atrous.models.backbones.mobilenetv3 import MobileNetV3Large
 from atrous.models.backbones.resnet import ResNet
 from atrous.models.backbones.timm import TimmBackbone, is_timm_name, timm_normalisation
 from atrous.models.backbones.xception import Xception
@@ -58,6 +59,12 @@ def _mobilenetv2(
     return MobileNetV2(width, output_stride, in_channels)
 
 
+def _mobilenetv3_large(
+    output_stride: int, multi_grid: Sequence[int] | None, width: float, in_channels: int
+) -> Backbone:
+    return MobileNetV3Large(output_stride, in_channels)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(_resnet(50, "torchvision"), IMAGENET_MEAN, IMAGENET_STD, True),
     "resnet101": BackboneSpec(_resnet(101, "torchvision"), IMAGENET_MEAN, IMAGENET_STD, True),
@@ -69,6 +76,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "xception65": BackboneSpec(_xception("xception65"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
     "xception71": BackboneSpec(_xception("xception71"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
     "mobilenetv2": BackboneSpec(_mobilenetv2, IMAGENET_MEAN, IMAGENET_STD, False, True),
+    "mobilenetv3_large": BackboneSpec(_mobilenetv3_large, IMAGENET_MEAN, IMAGENET_STD, False),
 }
 
 
@@ -127,6 +135,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "MobileNetV2",
+    "MobileNetV3Large",
     "ResNet",
     "StridedUnit",
     "TimmBackbone",

@@ -25,6 +25,7 @@ from typing import TypeAlias
 import torch
 from torchvision.models import (
     MobileNet_V2_Weights,
+    MobileNet_V3_Large_Weights,
     ResNet50_Weights,
     ResNet101_Weights,
     WeightsEnum,
@@ -42,6 +43,7 @@ TORCHVISION_WEIGHTS: dict[str, type[WeightsEnum]] = {
     "resnet50": ResNet50_Weights,
     "resnet101": ResNet101_Weights,
     "mobilenetv2": MobileNet_V2_Weights,
+    "mobilenetv3_large": MobileNet_V3_Large_Weights,
 }
 #: timm models whose ImageNet weights map one to one into our Xception.
 TIMM_MODELS = {"xception41": "xception41", "xception65": "xception65", "xception71": "xception71"}
