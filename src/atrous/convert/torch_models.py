@@ -11,7 +11,8 @@ a MobileNetV3-Large at OS16, still with rates 12/24/36 → backbone ``mobilenetv
 ResNets' auxiliary FCN head on ``layer3`` (a training aid) is dropped, or kept as our
 ``aux_head`` (same layout) with ``aux_head=True``, for fine-tuning with an auxiliary loss.
 
-smp ``DeepLabV3Plus`` (ResNet-50/101 encoders): separable convs with nothing between depthwise and
+smp ``DeepLabV3Plus`` (ResNet-50/101 encoders, or ``tu-*`` timm encoders → ``timm:<name>``
+backbones, dilated by timm's rule as in smp): separable convs with nothing between depthwise and
 pointwise, one separable conv after ASPP and one in the decoder, fixed rates (12/24/36 by default at
 any OS), and the whole dilated stage at the new rate. → ``separable_depthwise_bn=False``,
 ``post_aspp_convs=1``, ``decoder_convs=1``, ``dilate_removed_stride_units=True``. The converted
@@ -282,6 +283,12 @@ def _smp_module_settings(model: nn.Module) -> dict[str, Any]:
     branches = model.decoder.aspp[0].convs[1:4]
     rates = [next(m for m in b.modules() if isinstance(m, nn.Conv2d)).dilation[0] for b in branches]
     encoder = model.encoder
+    if type(encoder).__name__ == "TimmUniversalEncoder":
+        return {
+            "decoder_atrous_rates": rates,
+            "encoder_output_stride": encoder._output_stride,
+            "encoder_name": f"tu-{encoder.name}",
+        }
     output_stride = 32
     for stage in (encoder.layer4, encoder.layer3):
         if stage[0].conv2.stride == (1, 1):
@@ -295,7 +302,8 @@ def from_smp(
     output_stride: int | None = None,
     atrous_rates: Sequence[int] | None = None,
 ) -> DeepLab:
-    """An smp ``DeepLabV3Plus`` (ResNet-50/101 encoder) as an atrous DeepLabV3+, same logits.
+    """An smp ``DeepLabV3Plus`` (ResNet-50/101 or ``tu-*`` timm encoder) as an atrous
+    DeepLabV3+ with the same logits.
 
     ``source``: the smp model, a folder or Hub repo id written by its ``save_pretrained``, a state
     dict, or a weights file (``.safetensors``, or ``.pth``/``.bin`` read with
@@ -328,8 +336,9 @@ def from_smp(
             "decoder convs; atrous has one separable switch for both, so it does not convert"
         )
     channels = state["decoder.aspp.0.project.0.weight"].shape[0]
+    backbone, rules = _smp_backbone(state, settings)
     config = ModelConfig(
-        backbone=_resnet_name(state, "encoder.", "smp DeepLabV3Plus models"),
+        backbone=backbone,
         num_classes=state["segmentation_head.0.weight"].shape[0],
         output_stride=settings["encoder_output_stride"],
         separable=True,
@@ -342,9 +351,25 @@ def from_smp(
         post_aspp_convs=1,
         separable_depthwise_bn=False,
         align_corners=True,
-        dilate_removed_stride_units=True,
+        dilate_removed_stride_units=not backbone.startswith("timm:"),  # timm: its own rule
     )
-    return _convert(rename(state, SMP_RULES, SMP_DROPPED), config, "smp")
+    return _convert(rename(state, rules, SMP_DROPPED), config, "smp")
+
+
+def _smp_backbone(
+    state: Mapping[str, torch.Tensor], settings: Mapping[str, Any]
+) -> tuple[str, Rules]:
+    """Our backbone name and the renaming rules for an smp encoder: its ResNet-50/101, or a
+    ``tu-<name>`` timm encoder (``encoder.model``: timm's feature extractor, as ours)."""
+    if not any(k.startswith("encoder.model.") for k in state):
+        return _resnet_name(state, "encoder.", "smp DeepLabV3Plus models"), SMP_RULES
+    name = str(settings.get("encoder_name", ""))
+    if not name.startswith("tu-"):
+        raise ValueError(
+            "these smp weights hold a timm (tu-*) encoder but not its name: convert the smp "
+            "model itself or the folder its save_pretrained wrote (config.json names it)"
+        )
+    return f"timm:{name[3:]}", ((r"^encoder\.model\.", "backbone.body."), *SMP_RULES[1:])
 
 
 def from_checkpoint(path: str | os.PathLike) -> DeepLab:

@@ -158,13 +158,15 @@ def _register_tf_zoo() -> None:
 def _register_torchvision() -> None:
     """torchvision's DeepLabV3 (COCO subset with VOC's 21 classes), numbers from its weights'
     metadata; its downloader checks the hash in each file's name."""
-    for depth in (50, 101):
-        weights = f"DeepLabV3_ResNet{depth}_Weights.COCO_WITH_VOC_LABELS_V1"
+    models = [("resnet50", "ResNet50", "resnet50", 8), ("resnet101", "ResNet101", "resnet101", 8),
+              ("mobilenet_v3_large", "MobileNet_V3_Large", "mobilenetv3_large", 16)]  # fmt: skip
+    for name, family, backbone, output_stride in models:
+        weights = f"DeepLabV3_{family}_Weights.COCO_WITH_VOC_LABELS_V1"
         meta = get_weight(weights).meta
         miou = meta["_metrics"]["COCO-val2017-VOC-labels"]["miou"]
-        score = PublishedScore(miou, "COCO val2017 (VOC classes)", Protocol(8))
+        score = PublishedScore(miou, "COCO val2017 (VOC classes)", Protocol(output_stride))
         register(
-            Published(f"torchvision:deeplabv3_resnet{depth}_coco", weights, f"resnet{depth}",
+            Published(f"torchvision:deeplabv3_{name}_coco", weights, backbone,
                       "voc", "COCO (VOC's 20 categories)", None, (score,),
                       round(meta["_file_size"]))
         )  # fmt: skip
