@@ -221,7 +221,10 @@ class TimmBackbone(Backbone):
         if "body" in self._modules and output_stride == self.output_stride:
             return
         if "body" in self._modules:
-            body = _create(self.model_name, output_stride, self._in_channels, device="meta")
+            try:  # on the meta device: no time spent initialising weights that are replaced
+                body = _create(self.model_name, output_stride, self._in_channels, device="meta")
+            except (RuntimeError, NotImplementedError):  # a model whose init needs values
+                body = _create(self.model_name, output_stride, self._in_channels)
             _adopt(self.body, body)
         else:
             body = _create(self.model_name, output_stride, self._in_channels)
