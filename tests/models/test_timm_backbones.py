@@ -176,3 +176,9 @@ def test_fast_path():
     """The ONNX Runtime network passes the fast path's fp32 agreement check (it raises if not)."""
     network = optimize_for_inference(efficientnet_b0(), example=(65, 65))
     assert network.report.agreement.argmax_agreement == 1.0
+
+
+def test_profile_counts_linear_layers():
+    """timm's ConvNeXt runs its 1×1 convs as nn.Linear: each output value costs in_features."""
+    model = nn.Sequential(nn.Linear(65, 10))  # on the last axis of a (1, 3, 65, 65) image
+    assert profile_model(model, (65, 65)).total.mult_adds == 3 * 65 * 10 * 65
