@@ -530,7 +530,7 @@ def test_an_internal_error_is_one_line_saying_it_is_a_bug(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
-    ("module", "remedy"), [("gradio", "atrous[serve]"), ("timm", "pip install timm")]
+    ("module", "remedy"), [("gradio", "atrous[serve]"), ("timm", "atrous[timm]")]
 )
 def test_a_missing_optional_package_names_what_to_install(module, remedy, monkeypatch, capsys):
     def missing(*args, **kwargs):

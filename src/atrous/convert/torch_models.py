@@ -6,11 +6,13 @@
 
 torchvision ``deeplabv3_resnet50/101``: ASPP at OS8 (rates 12/24/36, dropout 0.5), then a 3×3
 conv-BN-ReLU before the classifier, resizes without aligned corners. → DeepLabV3 with
-``post_aspp_convs=1``, ``align_corners=False``. Its auxiliary FCN head on ``layer3`` (a training
-aid) is dropped, or kept as our ``aux_head`` (same layout) with ``aux_head=True``, for fine-tuning
-with an auxiliary loss.
+``post_aspp_convs=1``, ``align_corners=False``. ``deeplabv3_mobilenet_v3_large``: the same head on
+a MobileNetV3-Large at OS16, still with rates 12/24/36 → backbone ``mobilenetv3_large``. The
+ResNets' auxiliary FCN head on ``layer3`` (a training aid) is dropped, or kept as our
+``aux_head`` (same layout) with ``aux_head=True``, for fine-tuning with an auxiliary loss.
 
-smp ``DeepLabV3Plus`` (ResNet-50/101 encoders): separable convs with nothing between depthwise and
+smp ``DeepLabV3Plus`` (ResNet-50/101 encoders, or ``tu-*`` timm encoders → ``timm:<name>``
+backbones, dilated by timm's rule as in smp): separable convs with nothing between depthwise and
 pointwise, one separable conv after ASPP and one in the decoder, fixed rates (12/24/36 by default at
 any OS), and the whole dilated stage at the new rate. → ``separable_depthwise_bn=False``,
 ``post_aspp_convs=1``, ``decoder_convs=1``, ``dilate_removed_stride_units=True``. The converted
@@ -33,7 +35,11 @@ import torch
 from huggingface_hub import hf_hub_download
 from torch import nn
 from torchvision.models import WeightsEnum, get_weight
-from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights
+from torchvision.models.segmentation import (
+    DeepLabV3_MobileNet_V3_Large_Weights,
+    DeepLabV3_ResNet50_Weights,
+    DeepLabV3_ResNet101_Weights,
+)
 
 from atrous.data.palettes import VOC_CLASSES, VOC_PALETTE
 from atrous.models.backbones.weights import WEIGHT_FILE_SUFFIXES
@@ -55,7 +61,16 @@ TORCHVISION_RULES: Rules = (
 TORCHVISION_DROPPED = ("aux_classifier.",)
 #: torchvision's FCNHead and ours have the same layers (3×3 conv to 256, BN, ReLU, dropout, 1×1).
 TORCHVISION_AUX_RULES: Rules = ((r"^aux_classifier\.", "aux_head."),)
-TORCHVISION_WEIGHTS = (DeepLabV3_ResNet50_Weights, DeepLabV3_ResNet101_Weights)
+TORCHVISION_WEIGHTS = (
+    DeepLabV3_ResNet50_Weights,
+    DeepLabV3_ResNet101_Weights,
+    DeepLabV3_MobileNet_V3_Large_Weights,
+)
+#: torchvision's MobileNetV3 backbone is its ``features`` under IntermediateLayerGetter.
+TORCHVISION_MOBILENETV3_RULES: Rules = (
+    (r"^backbone\.(\d+)\.", r"backbone.features.\1."),
+    *TORCHVISION_RULES[1:],
+)
 
 #: smp DeepLabV3Plus names → ours; its SeparableConv2d is Sequential(depthwise, pointwise) + BN.
 SMP_RULES: Rules = (
@@ -159,7 +174,8 @@ def from_torchvision(
     *,
     aux_head: bool = False,
 ) -> DeepLab:
-    """A torchvision ``deeplabv3_resnet50/101`` as an atrous DeepLabV3 with the same logits.
+    """A torchvision ``deeplabv3_resnet50/101`` or ``deeplabv3_mobilenet_v3_large`` as an atrous
+    DeepLabV3 with the same logits.
 
     ``source``: the torchvision model, its state dict, a weights enum or name
     (``"DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1"``: downloaded by torchvision, or read
@@ -183,17 +199,7 @@ def from_torchvision(
         class_names = ["background" if c == "__background__" else c for c in categories]
     else:
         state = read_weights(source)
-    config = ModelConfig(
-        backbone=_resnet_name(state, "backbone.", "torchvision DeepLabV3 models"),
-        decoder=False,
-        num_classes=state["classifier.4.weight"].shape[0],
-        output_stride=8,  # replace_stride_with_dilation=[False, True, True]
-        aspp_rates=None if rates in (None, (12, 24, 36)) else rates,  # None: 12/24/36 at OS8
-        aspp_dropout=0.5,
-        post_aspp_convs=1,
-        align_corners=False,
-        aux_head=aux_head,
-    )
+    config = _torchvision_config(state, rates, aux_head)
     model = _convert(_torchvision_names(state, aux_head), config, "torchvision")
     if class_names is not None:
         model.class_names = tuple(class_names)
@@ -201,8 +207,48 @@ def from_torchvision(
     return model
 
 
+def _torchvision_config(state: State, rates: tuple[int, ...] | None, aux_head: bool) -> ModelConfig:
+    """torchvision DeepLabV3: ResNet-50/101 at OS8 (rates 12/24/36), or MobileNetV3-Large at
+    OS16 (rates 12/24/36 too, its last stage dilated as ``dilate_removed_stride_units``)."""
+    common = {
+        "decoder": False,
+        "num_classes": state["classifier.4.weight"].shape[0],
+        "aspp_dropout": 0.5,
+        "post_aspp_convs": 1,
+        "align_corners": False,
+        "aux_head": aux_head,
+    }
+    if not _is_torchvision_mobilenetv3(state):
+        return ModelConfig(
+            backbone=_resnet_name(state, "backbone.", "torchvision DeepLabV3 models"),
+            output_stride=8,  # replace_stride_with_dilation=[False, True, True]
+            aspp_rates=None if rates in (None, (12, 24, 36)) else rates,  # None: 12/24/36 at OS8
+            **common,
+        )
+    if aux_head:
+        raise ValueError(
+            "aux_head: torchvision's MobileNetV3 DeepLabV3 puts its auxiliary classifier on a "
+            "stride-8 stage, atrous's aux head on the stride-16 one; convert without aux_head"
+        )
+    return ModelConfig(
+        backbone="mobilenetv3_large",
+        output_stride=16,
+        aspp_rates=rates or (12, 24, 36),
+        dilate_removed_stride_units=True,
+        **common,
+    )
+
+
+def _is_torchvision_mobilenetv3(state: Mapping[str, torch.Tensor]) -> bool:
+    """A MobileNetV3-Large backbone: torchvision's ``features`` numbering, 960 channels last."""
+    last = state.get("backbone.16.0.weight")
+    return last is not None and last.shape[0] == 960
+
+
 def _torchvision_names(state: State, aux_head: bool) -> State:
     """torchvision DeepLabV3 tensors in our names, its auxiliary classifier kept or dropped."""
+    if _is_torchvision_mobilenetv3(state):
+        return rename(state, TORCHVISION_MOBILENETV3_RULES, TORCHVISION_DROPPED)
     if not aux_head:
         return rename(state, TORCHVISION_RULES, TORCHVISION_DROPPED)
     if "aux_classifier.4.weight" not in state:
@@ -235,6 +281,12 @@ def _smp_module_settings(model: nn.Module) -> dict[str, Any]:
     branches = model.decoder.aspp[0].convs[1:4]
     rates = [next(m for m in b.modules() if isinstance(m, nn.Conv2d)).dilation[0] for b in branches]
     encoder = model.encoder
+    if type(encoder).__name__ == "TimmUniversalEncoder":
+        return {
+            "decoder_atrous_rates": rates,
+            "encoder_output_stride": encoder._output_stride,
+            "encoder_name": f"tu-{encoder.name}",
+        }
     output_stride = 32
     for stage in (encoder.layer4, encoder.layer3):
         if stage[0].conv2.stride == (1, 1):
@@ -248,7 +300,8 @@ def from_smp(
     output_stride: int | None = None,
     aspp_rates: Sequence[int] | None = None,
 ) -> DeepLab:
-    """An smp ``DeepLabV3Plus`` (ResNet-50/101 encoder) as an atrous DeepLabV3+, same logits.
+    """An smp ``DeepLabV3Plus`` (ResNet-50/101 or ``tu-*`` timm encoder) as an atrous
+    DeepLabV3+ with the same logits.
 
     ``source``: the smp model, a folder or Hub repo id written by its ``save_pretrained``, a state
     dict, or a weights file (``.safetensors``, or ``.pth``/``.bin`` read with
@@ -281,8 +334,9 @@ def from_smp(
             "decoder convs; atrous has one separable switch for both, so it does not convert"
         )
     channels = state["decoder.aspp.0.project.0.weight"].shape[0]
+    backbone, rules = _smp_backbone(state, settings)
     config = ModelConfig(
-        backbone=_resnet_name(state, "encoder.", "smp DeepLabV3Plus models"),
+        backbone=backbone,
         num_classes=state["segmentation_head.0.weight"].shape[0],
         output_stride=settings["encoder_output_stride"],
         separable=True,
@@ -295,9 +349,25 @@ def from_smp(
         post_aspp_convs=1,
         separable_depthwise_bn=False,
         align_corners=True,
-        dilate_removed_stride_units=True,
+        dilate_removed_stride_units=not backbone.startswith("timm:"),  # timm: its own rule
     )
-    return _convert(rename(state, SMP_RULES, SMP_DROPPED), config, "smp")
+    return _convert(rename(state, rules, SMP_DROPPED), config, "smp")
+
+
+def _smp_backbone(
+    state: Mapping[str, torch.Tensor], settings: Mapping[str, Any]
+) -> tuple[str, Rules]:
+    """Our backbone name and the renaming rules for an smp encoder: its ResNet-50/101, or a
+    ``tu-<name>`` timm encoder (``encoder.model``: timm's feature extractor, as ours)."""
+    if not any(k.startswith("encoder.model.") for k in state):
+        return _resnet_name(state, "encoder.", "smp DeepLabV3Plus models"), SMP_RULES
+    name = str(settings.get("encoder_name", ""))
+    if not name.startswith("tu-"):
+        raise ValueError(
+            "these smp weights hold a timm (tu-*) encoder but not its name: convert the smp "
+            "model itself or the folder its save_pretrained wrote (config.json names it)"
+        )
+    return f"timm:{name[3:]}", ((r"^encoder\.model\.", "backbone.body."), *SMP_RULES[1:])
 
 
 def convert(

@@ -246,15 +246,17 @@ def _refuse_tf_zoo() -> None:
 def _register_torchvision() -> None:
     """torchvision's DeepLabV3 (COCO subset with VOC's 21 classes), numbers from its weights'
     metadata; the SHA-256 prefix in each file's name is checked on download."""
-    for depth in (50, 101):
-        weights = f"DeepLabV3_ResNet{depth}_Weights.COCO_WITH_VOC_LABELS_V1"
+    models = [("resnet50", "ResNet50", "resnet50", 8), ("resnet101", "ResNet101", "resnet101", 8),
+              ("mobilenet_v3_large", "MobileNet_V3_Large", "mobilenetv3_large", 16)]  # fmt: skip
+    for name, family, backbone, output_stride in models:
+        weights = f"DeepLabV3_{family}_Weights.COCO_WITH_VOC_LABELS_V1"
         meta = get_weight(weights).meta
         miou = meta["_metrics"]["COCO-val2017-VOC-labels"]["miou"]
-        protocol = Protocol(8, resize="shorter side 520")  # the weights' transforms
+        protocol = Protocol(output_stride, resize="shorter side 520")  # the weights' transforms
         score = PublishedScore(miou, "COCO val2017 (VOC classes)", protocol)
         prefix = get_weight(weights).url.rsplit("-", 1)[-1].split(".")[0]
         register(
-            Published(f"torchvision:deeplabv3_resnet{depth}_coco", weights, f"resnet{depth}",
+            Published(f"torchvision:deeplabv3_{name}_coco", weights, backbone,
                       "voc", "COCO (VOC's 20 categories)", None, (score,),
                       meta["_file_size"], sha256=prefix, pin_source="the file's name")
         )  # fmt: skip

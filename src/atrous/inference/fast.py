@@ -150,7 +150,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
 
     Pairs are found by running ``example`` (default: one small random image) once: a BN whose
     input is a conv's output, when nothing else uses that output and neither module runs twice,
-    becomes part of the conv's weights and bias and is replaced by ``nn.Identity``. Eval-mode
+    becomes part of the conv's weights and bias and is replaced by ``nn.Identity`` (timm's
+    BatchNormAct2d by its ``drop`` and ``act``, which stay). Eval-mode
     logits are unchanged up to float rounding; the copy is for inference only.
     """
     model = copy.deepcopy(model).eval()
@@ -173,7 +174,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
 
     handles = [m.register_forward_hook(after_conv) for m in model.modules() if type(m) is nn.Conv2d]
     handles += [
-        m.register_forward_pre_hook(before_bn) for m in model.modules() if type(m) is nn.BatchNorm2d
+        m.register_forward_pre_hook(before_bn) for m in model.modules() if _foldable_norm(m)
     ]
     uses = _Uses(outputs)
     try:
@@ -186,8 +187,17 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
     for conv, bn, key in pairs:
         if uses.counts[key] == 1 and calls[conv] == 1 and calls[bn] == 1:
             _replace(model, names[conv], fuse_conv_bn_eval(conv, bn))
-            _replace(model, names[bn], nn.Identity().eval())
+            rest = nn.Sequential(bn.drop, bn.act) if hasattr(bn, "act") else nn.Identity()
+            _replace(model, names[bn], rest.eval())
     return model
+
+
+def _foldable_norm(module: nn.Module) -> bool:
+    """A plain BatchNorm2d, or timm's BatchNormAct2d (BN, then its ``drop`` and ``act``, which
+    stay after folding)."""
+    if type(module) is nn.BatchNorm2d:
+        return True
+    return isinstance(module, nn.BatchNorm2d) and type(module).__name__ == "BatchNormAct2d"
 
 
 def normalise_images(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atrous.data.base import Task
-from atrous.models.backbones import BACKBONES
+from atrous.models.backbones import backbone_spec
 from atrous.models.layers import check_output_stride
 
 
@@ -26,7 +26,7 @@ from atrous.models.layers import check_output_stride
 class ModelConfig:
     """Everything needed to rebuild a DeepLab model."""
 
-    backbone: str = "xception65"  # a key of atrous.models.backbones.BACKBONES
+    backbone: str = "xception65"  # a key of atrous.models.backbones.BACKBONES, or timm:<name>
     decoder: bool = True  # True: DeepLabV3+, False: DeepLabV3
     num_classes: int | None = None  # output classes (PASCAL VOC: 21); None: the dataset's count
     task: Task = "multiclass"  # multiclass (softmax), binary (2 classes), multilabel (sigmoids)
@@ -55,10 +55,7 @@ class ModelConfig:
     aux_head: bool = False  # FCN head on the stride-16 stage for an auxiliary loss (training)
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(
-                f"unknown backbone {self.backbone!r}; available: {', '.join(sorted(BACKBONES))}"
-            )
+        backbone_spec(self.backbone)  # an unknown name is a ValueError listing the known ones
         check_output_stride(self.output_stride)
         if self.num_classes is not None and (
             not isinstance(self.num_classes, int) or self.num_classes < 1
@@ -106,12 +103,12 @@ class ModelConfig:
     def mean(self) -> tuple[float, ...]:
         """Per-channel mean of the input normalisation (on [0, 1]), ``in_channels`` values: the
         backbone's RGB means repeated as R, G, B, R, ... unless ``input_mean`` is given."""
-        return self.input_mean or _cycle(BACKBONES[self.backbone].mean, self.in_channels)
+        return self.input_mean or _cycle(backbone_spec(self.backbone).mean, self.in_channels)
 
     @property
     def std(self) -> tuple[float, ...]:
         """Per-channel std of the input normalisation, as :attr:`mean`."""
-        return self.input_std or _cycle(BACKBONES[self.backbone].std, self.in_channels)
+        return self.input_std or _cycle(backbone_spec(self.backbone).std, self.in_channels)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples as lists) for JSON/YAML."""

@@ -2,7 +2,9 @@
 
 One multiply-add is one multiplication plus one addition: a conv costs
 H_out·W_out·C_out·(k_h·k_w·C_in/groups) (PyTorch's FlopCounterMode reports twice that, as FLOPs).
-Only convolutions are counted (DeepLab is fully convolutional); BN, ReLU and resizes are not.
+Only convolutions are counted (DeepLab is fully convolutional), and linear layers (timm's
+ConvNeXt runs its 1×1 convs as ``nn.Linear``): in_features per output value; BN, ReLU and
+resizes are not.
 
 ``native`` is what PyTorch computes. ``tf1`` is how the paper's TensorFlow 1 code computed a
 dilated conv: SpaceToBatch pads the map up to a multiple of the rate r, so the conv runs on a
@@ -98,8 +100,11 @@ def profile_model(model: nn.Module, input_size: Sequence[int] = (513, 513)) -> M
     }
 
     def hook_for(name: str):
-        def hook(conv: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
-            native, tf1 = conv_mult_adds(conv, output.shape)
+        def hook(layer: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            if isinstance(layer, nn.Linear):  # timm's ConvNeXt blocks: 1×1 convs as Linear
+                native = tf1 = output.numel() * layer.in_features
+            else:
+                native, tf1 = conv_mult_adds(layer, output.shape)
             group = groups.setdefault(_group_of(name), GroupCount())
             group.mult_adds += native
             group.mult_adds_tf1 += tf1
@@ -109,7 +114,7 @@ def profile_model(model: nn.Module, input_size: Sequence[int] = (513, 513)) -> M
     handles = [
         module.register_forward_hook(hook_for(name))
         for name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d)
+        if isinstance(module, nn.Conv2d | nn.Linear)
     ]
     meta_state = {
         name: torch.empty_like(tensor, device="meta")

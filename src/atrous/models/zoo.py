@@ -29,6 +29,7 @@ _BACKBONE_DEFAULTS: dict[str, dict[str, object]] = {
     "xception65": {"separable": True},
     "xception71": {"separable": True},
     "mobilenetv2": {"separable": True, "aspp_rates": ()},
+    "mobilenetv3_large": {},
 }
 
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from atrous.models.backbones.base import Backbone, StridedUnit, apply_output_stride
 from atrous.models.backbones.mobilenet import MobileNetV2
+from atrous.models.backbones.mobilenetv3 import MobileNetV3Large
 from atrous.models.backbones.resnet import ResNet
+from atrous.models.backbones.timm import TimmBackbone, is_timm_name, timm_normalisation
 from atrous.models.backbones.xception import Xception
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,6 +72,16 @@ def _mobilenetv2(
     return MobileNetV2(width, output_stride, in_channels, *rounding)
 
 
+def _mobilenetv3_large(
+    output_stride: int,
+    multi_grid: Sequence[int] | None,
+    width: float,
+    in_channels: int,
+    rounding: tuple[int, int],
+) -> Backbone:
+    return MobileNetV3Large(output_stride, in_channels)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(_resnet(50, "torchvision"), IMAGENET_MEAN, IMAGENET_STD, True),
     "resnet101": BackboneSpec(_resnet(101, "torchvision"), IMAGENET_MEAN, IMAGENET_STD, True),
@@ -81,7 +93,35 @@ BACKBONES: dict[str, BackboneSpec] = {
     "xception65": BackboneSpec(_xception("xception65"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
     "xception71": BackboneSpec(_xception("xception71"), SYMMETRIC_MEAN, SYMMETRIC_STD, True),
     "mobilenetv2": BackboneSpec(_mobilenetv2, IMAGENET_MEAN, IMAGENET_STD, False, True),
+    "mobilenetv3_large": BackboneSpec(_mobilenetv3_large, IMAGENET_MEAN, IMAGENET_STD, False),
 }
+
+
+def _timm(name: str) -> Callable[..., Backbone]:
+    def build(
+        output_stride: int,
+        multi_grid: Sequence[int] | None,
+        width: float,
+        in_channels: int,
+        rounding: tuple[int, int],
+    ) -> Backbone:
+        return TimmBackbone(name, output_stride, in_channels)
+
+    return build
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a backbone name: a key of ``BACKBONES``, or ``timm:<model>`` for any timm
+    encoder (``pip install 'atrous[timm]'``) that timm can dilate."""
+    if is_timm_name(name):
+        mean, std = timm_normalisation(name)
+        return BackboneSpec(_timm(name), mean, std, supports_multi_grid=False)
+    if name not in BACKBONES:
+        raise ValueError(
+            f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}, "
+            "or timm:<name> for a timm encoder"
+        )
+    return BACKBONES[name]
 
 
 def build_backbone(
@@ -98,9 +138,7 @@ def build_backbone(
     """Build a backbone by name, checking that the options apply to it; ``in_channels`` is the
     number of input bands its first conv reads (3: RGB); ``divisible_by``/``min_depth`` round
     MobileNetV2's channels (8/8: torchvision's; official DeepLab below depth 1.0: 1/1)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}")
-    spec = BACKBONES[name]
+    spec = backbone_spec(name)
     if multi_grid is not None and not spec.supports_multi_grid:
         raise ValueError(f"backbone {name!r} has no multi-grid option (got {tuple(multi_grid)})")
     if width_multiplier != 1.0 and not spec.supports_width:
@@ -126,9 +164,12 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "MobileNetV2",
+    "MobileNetV3Large",
     "ResNet",
     "StridedUnit",
+    "TimmBackbone",
     "Xception",
     "apply_output_stride",
+    "backbone_spec",
     "build_backbone",
 ]

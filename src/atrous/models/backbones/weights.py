@@ -25,12 +25,14 @@ from typing import TypeAlias
 import torch
 from torchvision.models import (
     MobileNet_V2_Weights,
+    MobileNet_V3_Large_Weights,
     ResNet50_Weights,
     ResNet101_Weights,
     WeightsEnum,
 )
 
 from atrous.models.backbones.base import Backbone
+from atrous.models.backbones.timm import is_timm_name, timm_state_dict
 from atrous.models.checkpoint import load_weights, read_weights
 
 #: Weights for a backbone: a torchvision/timm name, a torchvision enum, a file, or a state dict.
@@ -41,6 +43,7 @@ TORCHVISION_WEIGHTS: dict[str, type[WeightsEnum]] = {
     "resnet50": ResNet50_Weights,
     "resnet101": ResNet101_Weights,
     "mobilenetv2": MobileNet_V2_Weights,
+    "mobilenetv3_large": MobileNet_V3_Large_Weights,
 }
 #: timm models whose ImageNet weights map one to one into our Xception.
 TIMM_MODELS = {"xception41": "xception41", "xception65": "xception65", "xception71": "xception71"}
@@ -68,7 +71,8 @@ def load_backbone_weights(backbone: Backbone, name: str, weights: BackboneWeight
 
     ``weights`` is one of: a torchvision weights enum or name (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
     ``"ResNet101_Weights.IMAGENET1K_V2"``) for ``resnet50``/``resnet101``/``mobilenetv2``; a timm
-    pretrained tag (``"tf_in1k"``, ``"DEFAULT"``) for the Xceptions (41, 65, 71); a local
+    pretrained tag (``"tf_in1k"``, ``"DEFAULT"``) for the Xceptions (41, 65, 71) and for
+    ``timm:<name>`` backbones (loaded by timm, ``pretrained=True``); a local
     ``.safetensors`` file, or ``.pth``/``.pt``/``.bin`` read with ``weights_only=True``; or a state
     dict. Files and state dicts may be in the source library's names or ours. RGB weights for a
     backbone of other ``in_channels`` adapt by :func:`rgb_to_bands`. Every backbone tensor must
@@ -122,6 +126,10 @@ def backbone_state_dict(
         isinstance(weights, str) and (weights.endswith(WEIGHT_FILE_SUFFIXES) or os.sep in weights)
     ):
         state = read_weights(Path(weights))
+    elif is_timm_name(name):
+        if not isinstance(weights, str):
+            raise ValueError(f"{name} weights come from timm (DEFAULT or a tag), not {weights!r}")
+        state = weights
     elif isinstance(weights, WeightsEnum | str):
         if name in TIMM_MODELS:
             if not isinstance(weights, str):
@@ -134,6 +142,8 @@ def backbone_state_dict(
             state = _torchvision_state(name, weights, backbone)
     else:
         raise TypeError(f"cannot read backbone weights from a {type(weights).__name__}")
+    if is_timm_name(name):
+        return timm_state_dict(name, state, backbone)
     return to_atrous_names(name, state)
 
 
