@@ -5,9 +5,11 @@ one test file never spreads to another through an import.
 """
 
 import dataclasses
+import io
 import json
 import os
 import shutil
+import tarfile
 import time
 import zlib
 from pathlib import Path
@@ -229,3 +231,18 @@ def write_checkpoint(variables: dict[str, np.ndarray], prefix: Path) -> Path:
     _write_table(Path(f"{prefix}.index"), [(b"", header), *entries])
     Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
     return prefix
+
+
+def tarball(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    """A .tar.gz in memory holding ``members`` (name → bytes) and symbolic ``links``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            archive.addfile(info)
+    return buffer.getvalue()

@@ -542,6 +542,7 @@ def test_a_missing_optional_package_names_what_to_install(module, remedy, monkey
     assert f"atrous profile needs the package '{module}'" in err and remedy in err
 
 
+@pytest.mark.slow
 def test_the_shell_sees_the_exit_status(tmp_path):
     (tmp_path / "empty").mkdir()
     command = [sys.executable, "-m", "atrous", "predict", str(tmp_path / "empty")]

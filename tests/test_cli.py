@@ -49,6 +49,7 @@ def test_models_lists_named_configurations(capsys):
     assert "deeplabv3plus_resnet101_beta" in out and "deeplabv3_mobilenetv2" in out
 
 
+@pytest.mark.slow
 def test_models_fit_80_columns(capsys):
     assert main(["models", "--pretrained"]) == 0  # a bare flag means true
     out = capsys.readouterr().out

@@ -48,7 +48,7 @@ def test_torchvision_deeplabv3_mobilenet_v3_large_gives_the_same_logits():
 
 
 def test_registry_has_torchvision_mobilenet_v3_with_its_published_figure():
-    entry = REGISTRY["torchvision:deeplabv3_mobilenet_v3_large_coco"]
+    entry = REGISTRY["torchvision:deeplabv3_mnv3_large_coco"]
     assert entry.backbone == "mobilenetv3_large" and entry.dataset == "voc"
     assert entry.scores[0].miou == pytest.approx(60.3)
     assert entry.scores[0].protocol.output_stride == 16

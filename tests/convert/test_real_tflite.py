@@ -28,7 +28,7 @@ from atrous.hub.load import load
 TFLITE = REAL_DATA / "deeplabv3_257_mv_gpu.tflite"
 ZOO_INDEX = REAL_DATA / "deeplabv3_mnv2_pascal_trainval_2018_01_29" / "model.ckpt-30000"
 PHOTOS = sorted(REAL_DATA.glob("voc/*_image.png"))
-pytestmark = pytest.mark.skipif(not TFLITE.is_file(), reason=f"no {TFLITE}")
+pytestmark = [pytest.mark.skipif(not TFLITE.is_file(), reason=f"no {TFLITE}"), pytest.mark.slow]
 #: BN epsilon of the official MobileNetV2 backbone and of the DeepLab head.
 EPS = {"MobilenetV2": 1e-3, "head": 1e-5}
 

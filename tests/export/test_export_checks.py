@@ -42,6 +42,7 @@ def deep_export(tmp_path_factory):
     return model, export_onnx(model, path, size=SIZE)
 
 
+@pytest.mark.slow
 def test_a_deep_large_logit_model_passes_within_its_own_rounding(deep_export):
     _model, report = deep_export
     (agreement,) = report.agreement.values()
@@ -52,6 +53,7 @@ def test_a_deep_large_logit_model_passes_within_its_own_rounding(deep_export):
     assert agreement.argmax_agreement > 0.99
 
 
+@pytest.mark.slow
 def test_one_perturbed_weight_fails_the_check(deep_export, tmp_path):
     """The classifier bias of one class moved by 2% of the logits' scale: far above rounding."""
     model, report = deep_export
@@ -86,6 +88,7 @@ def small_model() -> torch.nn.Module:
     return create_model("deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.25)
 
 
+@pytest.mark.slow
 def test_a_failed_check_keeps_the_graph_as_failed_and_the_previous_export(tmp_path, monkeypatch):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"the previous, good export")
@@ -127,6 +130,7 @@ def test_export_opset_17_exits_non_zero_and_writes_nothing(tmp_path, capsys):
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_an_opset_in_range_is_written_as_asked(tmp_path):
     report = export_onnx(small_model(), tmp_path / "model.onnx", opset=20, check=False)
     versions = {o.domain: o.version for o in onnx.load(report.path).opset_import}

@@ -6,9 +6,7 @@ internet."""
 
 import dataclasses
 import hashlib
-import io
 import json
-import tarfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,18 +16,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import use_offline_hf_cache
+from helpers import tarball, use_offline_hf_cache
 
 import atrous.hub.published as published
+from atrous.convert.archive import ArchiveError
 from atrous.hub.download import (
-    ArchiveError,
     ChecksumError,
     DownloadError,
     cached_folder,
     check_url,
     download_file,
     downloads_folder,
-    extract_archive,
 )
 from atrous.hub.load import load
 from atrous.hub.registry import REGISTRY, get_published
@@ -161,43 +158,6 @@ def test_only_https_leaves_this_machine(monkeypatch):
         check_url("http://download.tensorflow.org/models/x.tar.gz")
     monkeypatch.delenv("ATROUS_TF_MODELS_URL", raising=False)
     assert all(entry.url.startswith("https://") for entry in REGISTRY.values())
-
-
-def tarball(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    """A .tar.gz in memory holding ``members`` (name → bytes) and symbolic ``links``."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            archive.addfile(info)
-    return buffer.getvalue()
-
-
-@pytest.mark.parametrize("data_filter", [True, False], ids=["filter", "no-filter"])
-def test_extraction_is_safe_with_and_without_tarfiles_filter(tmp_path, monkeypatch, data_filter):
-    """Pythons before 3.10.12/3.11.4 have no ``filter=``: the member check alone guards."""
-    if not data_filter:
-        monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(tarball({"m/model.ckpt.index": b"i", "m/graph.pb": b"g"}, {"m/l": "/"}))
-    out = extract_archive(archive, tmp_path / "out", (".index",))
-    assert [p.name for p in out.rglob("*")] == ["m", "model.ckpt.index"]  # no graph, no link
-    archive.write_bytes(tarball({"../evil.index": b"x"}))
-    with pytest.raises(ArchiveError, match=r"unsafe path '\.\./evil\.index'"):
-        extract_archive(archive, tmp_path / "out2")
-    assert not (tmp_path / "evil.index").exists()
-
-
-def test_a_corrupt_archive_is_one_error_naming_it(tmp_path):
-    archive = tmp_path / "cut.tar.gz"
-    archive.write_bytes(tarball({"model.ckpt.index": DATA})[:3000])
-    with pytest.raises(ArchiveError, match=f"{archive} is not a readable .tar.gz"):
-        extract_archive(archive, tmp_path / "out")
 
 
 def zoo_entry(server, monkeypatch, data: bytes):

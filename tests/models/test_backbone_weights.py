@@ -103,6 +103,7 @@ def test_xception_imagenet_weights_through_timm_from_the_hf_cache(tmp_path, monk
         create_model("deeplabv3plus_xception71", backbone_weights="imagenet")
 
 
+@pytest.mark.slow
 def test_weights_that_cannot_apply_are_clear_errors():
     with pytest.raises(ValueError, match=r"no weights for backbone 'resnet101_beta'.*TensorFlow"):
         create_model("deeplabv3plus_resnet101_beta", backbone_weights="IMAGENET1K_V1")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from jsonargparse import capture_parser
+from jsonargparse import auto_parser
 
 from atrous import ModelConfig, create_model
-from atrous.cli import main
+from atrous.cli import COMMANDS
 from atrous.export.onnx import model_metadata
 
 #: A value other than the default for every field (a new field fails the first test until it
@@ -30,6 +30,8 @@ VALUES = {
     "decoder_convs": 1,
     "multi_grid": (1, 2, 4),
     "width_multiplier": 0.5,
+    "divisible_by": 1,
+    "min_depth": 1,
     "post_aspp_convs": 1,
     "separable_depthwise_bn": False,
     "align_corners": False,
@@ -51,7 +53,8 @@ def test_every_field_has_a_value_here_that_is_not_its_default():
 
 @pytest.mark.parametrize("name", list(VALUES))
 def test_create_model_sets_every_field_by_its_name(name):
-    base = "deeplabv3plus_mobilenetv2" if name == "width_multiplier" else "deeplabv3plus_resnet50"
+    mobilenet = name in ("width_multiplier", "divisible_by", "min_depth")
+    base = "deeplabv3plus_mobilenetv2" if mobilenet else "deeplabv3plus_resnet50"
     with torch.device("meta"):
         model = create_model(base, **{name: VALUES[name]})
     assert getattr(model.config, name) == VALUES[name]
@@ -63,7 +66,7 @@ def test_create_model_names_an_unknown_field():
 
 
 def test_every_field_is_a_train_option_of_the_same_name():
-    parser = capture_parser(main, ["train"])  # the parser `atrous train` runs
+    parser = auto_parser(COMMANDS)  # the parser `atrous` runs
     for name, value in VALUES.items():
         text = value if isinstance(value, str) else json.dumps(value)
         parsed = parser.parse_args(["train", f"--model.{name}", text]).train.model
@@ -71,7 +74,7 @@ def test_every_field_is_a_train_option_of_the_same_name():
 
 
 def test_convert_calls_the_aspp_rates_by_the_config_name():
-    parser = capture_parser(main, ["convert"])
+    parser = auto_parser(COMMANDS)
     options = ["--source", "x.pth", "--kind", "smp", "--output", "out"]
     parsed = parser.parse_args(["convert", *options, "--aspp_rates", "[6, 12, 18]"]).convert
     assert parsed.aspp_rates == [6, 12, 18]

@@ -58,6 +58,7 @@ def assert_clean_failure(result: subprocess.CompletedProcess, broken: Path) -> N
     assert "Traceback" not in output, output[-2000:]
 
 
+@pytest.mark.slow
 def test_train_with_workers_stops_on_an_unreadable_image(broken_folder, tmp_path):
     config = tiny_config(tmp_path / "run", iterations=20, val_every=1000)
     data = dataclasses.replace(config.data, dataset="folder", root=str(broken_folder), workers=2)
@@ -67,6 +68,7 @@ def test_train_with_workers_stops_on_an_unreadable_image(broken_folder, tmp_path
     assert_clean_failure(result, broken_folder / "images" / "train" / "i3.png")
 
 
+@pytest.mark.slow
 def test_evaluate_with_workers_stops_on_an_unreadable_image(broken_folder, tmp_path):
     model = build_model(tiny_config(tmp_path).model.replace(num_classes=3))
     model.save_pretrained(tmp_path / "model")
@@ -88,6 +90,7 @@ def test_evaluate_with_workers_stops_on_an_unreadable_image(broken_folder, tmp_p
     assert_clean_failure(result, broken_folder / "images" / "val" / "i3.png")
 
 
+@pytest.mark.slow
 def test_a_pipeline_whose_worker_raises_exits_at_once(tmp_path):
     """What ``predict`` and ``evaluate`` read through: any exception, not only DataError."""
     script = textwrap.dedent(

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from atrous.convert.archive import extract_archive
+
 #: Checkpoint files inside a tarball; the frozen graph beside them is not needed.
-_CHECKPOINT_PARTS = (".index", ".data-")
+CHECKPOINT_PARTS = (".index", ".data-")
 #: The LevelDB table magic number, the last 8 bytes of every ``.index``.
 TABLE_MAGIC = 0xDB4775248B80FB57
 #: TensorFlow ``DataType`` enum values → numpy dtypes (the numeric ones; 7 is DT_STRING).
@@ -291,38 +293,26 @@ def _prefix_in(folder: Path) -> str:
     return str(indexes[0])[: -len(".index")]
 
 
-def _extract_checkpoint(tarball: Path, target: Path) -> Path:
-    """Extract only the checkpoint files of ``tarball`` (safely: no links, no absolute paths)."""
-    try:
-        with tarfile.open(tarball) as archive:
-            members = [
-                m
-                for m in archive.getmembers()
-                if m.isfile() and any(part in m.name for part in _CHECKPOINT_PARTS)
-            ]
-            archive.extractall(target, members=members, filter="data")
-    except (tarfile.TarError, OSError) as error:
-        raise ValueError(f"cannot read the tarball {tarball}: {error}") from None
-    return target
-
-
 def read_tf_checkpoint(source: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every variable of a TF checkpoint as ``name → array`` (optimizer slots included: the
     converter decides what to drop)."""
     path = Path(source)
-    with tempfile.TemporaryDirectory(prefix="atrous-tf-") as scratch:
-        if path.is_file() and tarfile.is_tarfile(path):
-            prefix = _prefix_in(_extract_checkpoint(path, Path(scratch)))
-        elif path.is_dir():
-            prefix = _prefix_in(path)
-        elif Path(f"{path}.index").is_file():
-            prefix = str(path)
-        else:
-            raise FileNotFoundError(
-                f"no TensorFlow checkpoint at {source}: give a model-zoo .tar.gz, the folder it "
-                "extracts to, or a checkpoint prefix (…/model.ckpt)"
-            )
-        try:
-            return read_bundle(prefix)
-        except (IndexError, UnicodeDecodeError) as error:
-            raise ValueError(f"{prefix}.index is corrupt ({error})") from None
+    if path.is_file() and tarfile.is_tarfile(path):
+        with tempfile.TemporaryDirectory(prefix="atrous-tf-") as scratch:
+            return _read_prefix(_prefix_in(extract_archive(path, Path(scratch), CHECKPOINT_PARTS)))
+    if path.is_dir():
+        return _read_prefix(_prefix_in(path))
+    if Path(f"{path}.index").is_file():
+        return _read_prefix(str(path))
+    raise FileNotFoundError(
+        f"no TensorFlow checkpoint at {source}: give a model-zoo .tar.gz, the folder it "
+        "extracts to, or a checkpoint prefix (…/model.ckpt)"
+    )
+
+
+def _read_prefix(prefix: str) -> dict[str, np.ndarray]:
+    """The variables of the checkpoint at ``prefix``; a corrupt index is one clear error."""
+    try:
+        return read_bundle(prefix)
+    except (IndexError, UnicodeDecodeError) as error:
+        raise ValueError(f"{prefix}.index is corrupt ({error})") from None

@@ -12,19 +12,18 @@ absolute paths and ``..`` on every supported Python. ``ATROUS_CACHE`` moves the 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import sys
-import tarfile
-import zlib
 from http.client import HTTPException
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
+
+from atrous.errors import AtrousError
 
 #: Bump when a converter's output changes for the same input, so cached folders are rebuilt.
 CONVERSION_REVISION = 2
@@ -32,16 +31,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CHUNK = 1 << 16
 
 
-class DownloadError(OSError):
+class DownloadError(AtrousError, OSError):
     """A published file could not be fetched, or is not the file its publisher published."""
 
 
 class ChecksumError(DownloadError):
     """The downloaded bytes are not the pinned ones (size or SHA-256)."""
-
-
-class ArchiveError(DownloadError):
-    """A downloaded archive is corrupt or does not hold what it should."""
 
 
 def converter_version() -> str:
@@ -219,36 +214,3 @@ def download_file(
     verify(part, size if size is not None else total, sha256, target.name)
     os.replace(part, target)
     return target
-
-
-def _safe_members(archive: tarfile.TarFile, wanted: tuple[str, ...]) -> list[tarfile.TarInfo]:
-    """Regular files (and their folders) whose names contain one of ``wanted``, with relative
-    paths that stay inside the target: links, devices, absolute paths and ``..`` are refused."""
-    members = []
-    for member in archive.getmembers():
-        path = PurePosixPath(member.name)
-        if path.is_absolute() or ".." in path.parts:
-            raise ArchiveError(f"{archive.name}: unsafe path {member.name!r} in the archive")
-        if member.isfile() and any(part in member.name for part in wanted):
-            members.append(member)
-    return members
-
-
-def extract_archive(archive: Path, folder: Path, wanted: tuple[str, ...] = ("",)) -> Path:
-    """Extract the regular files of ``archive`` whose names contain one of ``wanted`` into
-    ``folder``. ``filter="data"`` is used where this Python has it (3.10.12+, 3.11.4+); elsewhere
-    the member check above is the guard. A corrupt archive is one :class:`ArchiveError`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(archive) as tar:
-            members = _safe_members(tar, wanted)
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(folder, members=members, filter="data")
-            else:
-                tar.extractall(folder, members=members)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise ArchiveError(
-            f"{archive} is not a readable .tar.gz ({type(error).__name__}: {error}); delete it "
-            "and run again to download it afresh"
-        ) from None
-    return folder

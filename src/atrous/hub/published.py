@@ -22,18 +22,17 @@ from typing import Any
 
 import torch
 
+from atrous.convert.archive import ArchiveError, extract_archive
 from atrous.convert.hf import convert_transformers
 from atrous.convert.mmseg import convert_mmseg
 from atrous.convert.tf import convert_tf
 from atrous.convert.torch_models import convert
 from atrous.data import DataConfig, dataset_labels
 from atrous.hub.download import (
-    ArchiveError,
     cached_folder,
     converter_version,
     download_file,
     downloads_folder,
-    extract_archive,
     sha256_of,
 )
 from atrous.hub.registry import Published, get_published

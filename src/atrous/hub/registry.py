@@ -247,7 +247,7 @@ def _register_torchvision() -> None:
     """torchvision's DeepLabV3 (COCO subset with VOC's 21 classes), numbers from its weights'
     metadata; the SHA-256 prefix in each file's name is checked on download."""
     models = [("resnet50", "ResNet50", "resnet50", 8), ("resnet101", "ResNet101", "resnet101", 8),
-              ("mobilenet_v3_large", "MobileNet_V3_Large", "mobilenetv3_large", 16)]  # fmt: skip
+              ("mnv3_large", "MobileNet_V3_Large", "mobilenetv3_large", 16)]  # fmt: skip
     for name, family, backbone, output_stride in models:
         weights = f"DeepLabV3_{family}_Weights.COCO_WITH_VOC_LABELS_V1"
         meta = get_weight(weights).meta
