@@ -194,7 +194,7 @@ def test_overfit_batch_fails_loudly_when_the_loss_stays_high(tmp_path, capsys):
     args += ["--run.batch_size", "4", "--run.overfit_batch", "5", "--run.progress", "false"]
     args += ["--run.output_dir", str(tmp_path / "cli")]
     assert main(args) == 1
-    assert "check the masks" in capsys.readouterr().out.lower()
+    assert "check the masks" in capsys.readouterr().err.lower()
 
 
 @pytest.mark.slow
