@@ -8,6 +8,7 @@ from helpers import randomize_bn, write_rgb
 
 from atrous.cli import main
 from atrous.data.io import read_mask
+from atrous.evaluation.protocols import EvalProtocol, protocol_probabilities
 from atrous.hub.load import load_segmenter
 from atrous.inference.strategies import (
     InferenceConfig,
@@ -122,6 +123,15 @@ def test_hflip_is_the_flip_option(model, images):
     assert describe_inference(InferenceConfig(tta="d4", scales=(1, 2))).endswith("tta d4")
     with pytest.raises(ValueError, match="tta must be one of"):
         InferenceConfig(tta="rot")
+
+
+def test_a_published_protocol_runs_the_same_views(model, images):
+    """mmseg's protocol (no padding; here its test scale keeps the 50×70 size) averages the
+    same eight views."""
+    protocol = EvalProtocol("mmseg", test_scale=(70, 50))
+    result = protocol_probabilities(model, images, protocol, InferenceConfig(tta="d4"))
+    expected = by_hand(model, images, D4, lambda net, view: net(view).softmax(1))
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

@@ -56,7 +56,11 @@ class Network(Protocol):
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How to run a trained network on whole images; the default is one plain forward pass."""
+    """How to run a trained network on whole images; the default is one plain forward pass.
+
+    ``flip`` is the older form of ``tta``: true adds the left-right mirror to ``tta``'s views
+    (none → hflip, vflip → hvflip), so configs and command lines that set it run as before.
+    """
 
     output_stride: int | None = None  # run at this OS (paper: train 16, eval 8); None: as built
     scales: tuple[float, ...] = (1.0,)  # input scales whose probabilities are averaged
