@@ -191,7 +191,8 @@ def train(
         return
     result = run_training(TrainConfig(model, data, optim, run, loss))
     if result.scores is not None and result.iteration == run.iterations:
-        console.print(f"final validation mIoU {result.scores.mean_iou:.4f}")
+        which = " (the EMA's)" if run.ema_decay else ""
+        console.print(f"final validation mIoU{which} {result.scores.mean_iou:.4f}")
     console.print(f"results in {result.output_dir}")
 
 
