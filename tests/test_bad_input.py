@@ -164,6 +164,13 @@ CASES = {
     "train classes mismatch": Case([*TRAIN, "--model.num_classes", "21"], "model.num_classes"),
     "train output stride": Case([*TRAIN, "--model.output_stride", "7"], "output_stride"),
     "train init_from missing": Case([*TINY, "--run.init_from", "{tmp}/none"], "none"),
+    "train ema decay 1": Case([*TRAIN, "--run.ema_decay", "1"], "run.ema_decay", 2),
+    "train patience without validation": Case(
+        [*TRAIN, "--run.early_stop_patience", "3", "--run.val_every", "0"],
+        "run.early_stop_patience",
+        2,
+    ),
+    "predict tta name": Case(["predict", "{image}", "--inference.tta", "rot90"], "tta", 2),
     # eval
     "eval output folder missing": Case(
         ["eval", "--model", "{model}", "--output", "{tmp}/nowhere/e.json"], "nowhere", 2

@@ -191,7 +191,8 @@ def train(
         return
     result = run_training(TrainConfig(model, data, optim, run, loss))
     if result.scores is not None and result.iteration == run.iterations:
-        console.print(f"final validation mIoU {result.scores.mean_iou:.4f}")
+        which = " (the EMA's)" if run.ema_decay else ""
+        console.print(f"final validation mIoU{which} {result.scores.mean_iou:.4f}")
     console.print(f"results in {result.output_dir}")
 
 
@@ -292,7 +293,7 @@ def evaluate(
         data: the dataset; default: the one the model was trained on (its run's config.yaml, or
             a published checkpoint's).
         split: the split to score.
-        inference: output stride, scales (paper: [0.5,0.75,1.0,1.25,1.5,1.75]), flip, window.
+        inference: output stride, scales (paper: [0.5,0.75,1.0,1.25,1.5,1.75]), flip or tta, window.
         score: published checkpoints: which published score's OS, scales, flip (0: the first).
         protocol: 'atrous' (each image at its size) or 'official' (docs/protocols.md).
         trimap: band widths in pixels for mIoU near boundaries (paper Fig. 5a), e.g. [4,8,16].
@@ -399,7 +400,7 @@ def predict(
             published checkpoint (tf:xception65_coco_voc_trainaug; atrous models --pretrained)
             (default: the model the last `atrous demo` saved).
         output_dir: where masks/, overlays/ and figures/ go; file stems are kept.
-        inference: output stride, scales, flip, sliding window.
+        inference: output stride, scales, flip or tta (hflip, vflip, hvflip, d4), sliding window.
         precision: fp32, bf16 (CPU/GPU), fp16 (CUDA) or int8 (CPU, with --fast).
         device: auto, cpu, cuda, ...
         overlays: write colour overlays.

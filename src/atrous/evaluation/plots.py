@@ -29,12 +29,16 @@ def plot_curves(metrics_path: Path, output_path: Path) -> Path:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     losses = [(r["iteration"], r["loss"]) for r in records if "loss" in r]
     mious = [(r["iteration"], r["val_miou"]) for r in records if "val_miou" in r]
+    ema = [(r["iteration"], r["ema_val_miou"]) for r in records if "ema_val_miou" in r]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     if losses:
         left.plot(*zip(*losses, strict=True), color="tab:blue")
     left.set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
     if mious:
-        right.plot(*zip(*mious, strict=True), marker="o", color="tab:green")
+        right.plot(*zip(*mious, strict=True), marker="o", color="tab:green", label="weights")
+    if ema:  # the run kept an EMA of its weights (run.ema_decay)
+        right.plot(*zip(*ema, strict=True), marker="s", color="tab:orange", label="EMA")
+        right.legend()
     right.set(title="validation mIoU", xlabel="iteration", ylabel="mIoU", ylim=(0, 1))
     for axis in (left, right):
         axis.grid(alpha=0.3)

@@ -37,7 +37,9 @@ from atrous.inference.strategies import (
     Network,
     output_stride,
     probabilities,
+    restore_view,
     segment,
+    transform_view,
 )
 from atrous.models.layers import ImagePool
 
@@ -261,7 +263,7 @@ def protocol_probabilities(
     multilabel: bool = False,
 ) -> torch.Tensor:
     """(N, C, h, w) class probabilities at the prepared images' size under ``protocol``
-    (scales and flip from ``config``; tf and mmseg resize logits back before the softmax)."""
+    (scales and TTA views from ``config``; tf and mmseg resize logits back before the softmax)."""
     if protocol.source == "atrous":
         return segment(network, images, config, multilabel)
     if protocol.source == "torchvision":  # any size as given, no padding
@@ -274,9 +276,9 @@ def protocol_probabilities(
     with output_stride(network, config.output_stride), pooling:
         for scale in config.scales:
             scaled = _scaled_input(images, protocol, scale)
-            for flipped in (False, True)[: 1 + config.flip]:
-                logits = network(scaled.flip(-1) if flipped else scaled)
-                logits = logits.flip(-1) if flipped else logits
+            for turns, mirrored in config.views:
+                logits = network(transform_view(scaled, turns, mirrored))
+                logits = restore_view(logits, turns, mirrored)
                 if logits.shape[-2:] != size:
                     logits = F.interpolate(
                         logits.float(), size=size, mode="bilinear", align_corners=corners

@@ -1,4 +1,5 @@
-"""Inference strategies, composable: eval output stride, multi-scale inputs, left-right flip and
+"""Inference strategies, composable: eval output stride, multi-scale inputs, flips and rotations
+(test-time augmentation: left-right as the paper, up-down, the 8 symmetries of the square) and
 sliding windows (paper §4.3, Tables 3 and 5: train at OS16, evaluate at OS8 with scales
 0.5–1.75 and flips).
 
@@ -15,7 +16,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,21 @@ from atrous.models.layers import check_output_stride, resize
 
 #: The paper's multi-scale inputs (§4.3).
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+#: Test-time augmentations: the views of each input whose probabilities are averaged.
+TTA = Literal["none", "hflip", "vflip", "hvflip", "d4"]
+
+#: Each TTA's views as (quarter turns, mirrored first): a view is ``rot90(x.flip(-1) if
+#: mirrored else x, turns)``. The up-down flip is a mirror turned twice; "hvflip" is the four
+#: flips (identity, left-right, up-down, both = a half turn); "d4" adds the quarter turns and the
+#: two transposes: the 8 symmetries of the square.
+VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "hflip": ((0, False), (0, True)),
+    "vflip": ((0, False), (2, True)),
+    "hvflip": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((turns, mirrored) for mirrored in (False, True) for turns in range(4)),
+}
 
 
 class Network(Protocol):
@@ -40,17 +56,24 @@ class Network(Protocol):
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How to run a trained network on whole images; the default is one plain forward pass."""
+    """How to run a trained network on whole images; the default is one plain forward pass.
+
+    ``flip`` is the older form of ``tta``: true adds the left-right mirror to ``tta``'s views
+    (none → hflip, vflip → hvflip), so configs and command lines that set it run as before.
+    """
 
     output_stride: int | None = None  # run at this OS (paper: train 16, eval 8); None: as built
     scales: tuple[float, ...] = (1.0,)  # input scales whose probabilities are averaged
-    flip: bool = False  # also run the left-right mirrored input and average
+    flip: bool = False  # also run the left-right mirrored input and average (tta "hflip")
     window: int | None = None  # sliding-window side in pixels; None: the whole image at once
     overlap: float = 1 / 3  # fraction of the window shared by neighbouring windows
     window_batch: int = 4  # windows per forward pass (bounds memory)
     align: bool = True  # pad whole images to OS·k+1 (as the official 513 crops) and cut back
+    tta: TTA = "none"  # flips and rotations averaged (hflip, vflip, hvflip, d4: all 8)
 
     def __post_init__(self) -> None:
+        if self.tta not in VIEWS:
+            raise ValueError(f"tta must be one of {', '.join(VIEWS)}, got {self.tta!r}")
         if self.output_stride is not None:
             check_output_stride(self.output_stride)
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -66,7 +89,20 @@ class InferenceConfig:
     @property
     def passes(self) -> int:
         """Forward passes per image (before sliding windows)."""
-        return len(self.scales) * (2 if self.flip else 1)
+        return len(self.scales) * len(self.views)
+
+    @property
+    def augmentation(self) -> str:
+        """The TTA run: ``tta`` with the left-right mirror added when ``flip`` (the older
+        option): none → hflip, vflip → hvflip; the others hold it already."""
+        if self.flip:
+            return {"none": "hflip", "vflip": "hvflip"}.get(self.tta, self.tta)
+        return self.tta
+
+    @property
+    def views(self) -> tuple[tuple[int, bool], ...]:
+        """The views of each input averaged, as (quarter turns, mirrored) (:data:`VIEWS`)."""
+        return VIEWS[self.augmentation]
 
 
 @contextlib.contextmanager
@@ -174,6 +210,19 @@ def _probabilities(
     return probabilities(network(inputs)[..., :height, :width], multilabel)
 
 
+def transform_view(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """One TTA view of (…, H, W) images: mirrored left-right, then turned ``turns`` quarter
+    turns (odd turns swap H and W)."""
+    images = images.flip(-1) if mirrored else images
+    return torch.rot90(images, turns, (-2, -1)).contiguous() if turns else images
+
+
+def restore_view(outputs: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """Undo :func:`transform_view` on per-pixel outputs (…, C, H', W') of a view."""
+    outputs = torch.rot90(outputs, -turns, (-2, -1)) if turns else outputs
+    return outputs.flip(-1) if mirrored else outputs
+
+
 @torch.no_grad()
 def segment(
     network: Network,
@@ -184,9 +233,10 @@ def segment(
     """(N, 3, H, W) normalised images → (N, C, H, W) class probabilities at the input size
     (per-class sigmoids for a ``multilabel`` network).
 
-    Each scale resizes the input (bilinear, corners aligned as in the official code), runs it
-    whole or in windows, with its mirror image when ``flip``, and the probabilities, resized
-    back, are averaged over all passes.
+    Each scale resizes the input (bilinear, corners aligned as in the official code); each TTA
+    view of it (``tta``: flips, quarter turns) runs whole (padded to its own aligned size, so a
+    turned non-square view pads its swapped sides) or in windows; the probabilities, turned and
+    flipped back and resized to the input, are averaged over all passes.
     """
     height, width = images.shape[-2:]
     total = torch.zeros(())
@@ -194,11 +244,10 @@ def segment(
         for scale in config.scales:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             scaled = images if size == (height, width) else resize(images, size)
-            views = [scaled, scaled.flip(-1)] if config.flip else [scaled]
-            for flipped, view in enumerate(views):
+            for turns, mirrored in config.views:
+                view = transform_view(scaled, turns, mirrored)
                 probs = _probabilities(network, view, config, multilabel)
-                if flipped:
-                    probs = probs.flip(-1)
+                probs = restore_view(probs, turns, mirrored)
                 if probs.shape[-2:] != (height, width):
                     probs = resize(probs, (height, width))
                 total = total + probs
@@ -216,4 +265,9 @@ def describe_inference(config: InferenceConfig, whole: str | None = None) -> str
         how = "whole image" + (" padded to OS·k+1" if config.align else "")
     stride = f"OS{config.output_stride}" if config.output_stride else "model's OS"
     scales = ", ".join(f"{s:g}" for s in config.scales)
-    return f"{how}, {stride}, scales [{scales}], flip {'on' if config.flip else 'off'}"
+    views = config.augmentation
+    if views in ("none", "hflip"):  # the paper's (and the published scores') words
+        views = f"flip {'on' if views == 'hflip' else 'off'}"
+    else:
+        views = f"tta {views}"
+    return f"{how}, {stride}, scales [{scales}], {views}"

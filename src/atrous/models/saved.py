@@ -261,7 +261,8 @@ class SavedModel(PyTorchModelHubMixin):
     ) -> SavedModel:
         """The model of an atrous training checkpoint (``best.pt``/``last.pt``, read with
         ``weights_only=True``: tensors and plain data, never code), in eval mode, with its
-        dataset's class names and colours when the run's data config tells them."""
+        dataset's class names and colours when the run's data config tells them. A run that
+        kept an EMA of its weights (``run.ema_decay``) gives the EMA's: those it validated."""
         state = load_checkpoint(path)
         run = state.get("config") if isinstance(state, dict) else None
         if not isinstance(run, dict) or "model" not in state or "model" not in run:
@@ -271,7 +272,8 @@ class SavedModel(PyTorchModelHubMixin):
         if num_classes is not None and num_classes != model_config.num_classes:
             model_config = model_config.replace(num_classes=num_classes)
             names = palette = None
-        model = cls._load_state(model_config, state["model"], str(path), strict)
+        weights = state["ema"] if isinstance(state.get("ema"), dict) else state["model"]
+        model = cls._load_state(model_config, weights, str(path), strict)
         model.class_names, model.palette = names, palette
         return model.to(map_location).eval()
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from atrous.data import DataConfig
-from atrous.errors import require_at_least
+from atrous.errors import UsageError, require_at_least
 from atrous.models.config import ModelConfig
 from atrous.training.losses import LossConfig
 
@@ -51,6 +51,10 @@ class RunConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", …
     progress: bool = True  # show a progress bar
     overfit_batch: int = 0  # pre-flight: fit one batch this many steps, fail if loss stays high
+    ema_decay: float = 0.0  # EMA of the weights (0.9999; 0: off): validated too, picks best.pt
+    early_stop_patience: int = 0  # stop after this many validations without improvement (0: off)
+    early_stop_min_delta: float = 0.0  # mIoU gain that counts as an improvement
+    mlflow: bool = False  # also log parameters and metrics to MLflow (atrous[mlflow])
 
     def __post_init__(self) -> None:
         counts = {"batch_size": self.batch_size, "accumulate": self.accumulate}
@@ -59,6 +63,16 @@ class RunConfig:
         require_at_least("run", 1, iterations=self.iterations)
         require_at_least("run", 0, overfit_batch=self.overfit_batch)
         require_at_least("run", 0, checkpoint_minutes=self.checkpoint_minutes, **periods)
+        stopping = {"early_stop_patience": self.early_stop_patience}
+        require_at_least("run", 0, ema_decay=self.ema_decay, **stopping)
+        require_at_least("run", 0, early_stop_min_delta=self.early_stop_min_delta)
+        if self.ema_decay >= 1:
+            raise UsageError(f"run.ema_decay must be below 1 (0: off), got {self.ema_decay}")
+        if self.early_stop_patience and not self.val_every:
+            raise UsageError(
+                "run.early_stop_patience counts validations, but run.val_every is 0 (validation "
+                "at the end only); set --run.val_every"
+            )
 
 
 @dataclass

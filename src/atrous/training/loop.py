@@ -8,7 +8,8 @@ A run is a sequence of small steps over one :class:`TrainingState` (what a check
 start or resume, take optimizer steps, validate, checkpoint, and at the end save the best model.
 SIGTERM, SIGINT or SIGUSR1 (preemption) end it after the current step with ``last.pt`` written
 and :class:`TrainingPreempted` raised; the same command resumes bit-exactly
-(:mod:`atrous.runtime.preemption`).
+(:mod:`atrous.runtime.preemption`). An EMA of the weights (:mod:`.ema`) and early stopping
+(:mod:`.early_stop`) are part of that state; MLflow logging (:mod:`.tracking`) is optional.
 
     atrous train --config configs/voc_xception65_os16.yaml --data.root /data/VOC2012
     torchrun --nproc_per_node 4 -m atrous train --config ... --run.batch_size 16
@@ -71,7 +72,10 @@ from atrous.runtime.precision import autocast
 from atrous.runtime.preemption import PREEMPTED_EXIT_CODE, StopSignals, agree_to_stop
 from atrous.runtime.workers import loader_workers, worker_errors
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
+from atrous.training.early_stop import Plateau
+from atrous.training.ema import WeightAverage
 from atrous.training.losses import SegmentationLoss, build_loss
+from atrous.training.tracking import MlflowLog, import_mlflow
 
 #: The training API; the configurations live in :mod:`atrous.training.config` and are importable
 #: from here as before.
@@ -96,8 +100,9 @@ class TrainResult:
 
     output_dir: Path
     iteration: int
-    best_miou: float
-    scores: SegmentationScores | None
+    best_miou: float  # of the EMA's weights when the run keeps one
+    scores: SegmentationScores | None  # the latest validation's (the EMA's when kept)
+    stopped_early: bool = False  # validation stopped improving (run.early_stop_patience)
 
 
 class TrainingPreempted(RuntimeError):
@@ -159,12 +164,13 @@ def freeze_bn_statistics(model: nn.Module) -> None:
 
 
 class RunLog:
-    """Rank-0 logging: a JSONL file of metrics and TensorBoard scalars."""
+    """Rank-0 logging: a JSONL file of metrics and TensorBoard scalars (and MLflow's if asked)."""
 
-    def __init__(self, output_dir: Path, enabled: bool) -> None:
+    def __init__(self, output_dir: Path, enabled: bool, mlflow: MlflowLog | None = None) -> None:
         self.enabled = enabled
         self.path = output_dir / "metrics.jsonl"
         self.writer = None
+        self.mlflow = mlflow
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -178,10 +184,14 @@ class RunLog:
         for key, value in record.items():
             if key != "iteration" and isinstance(value, int | float):
                 self.writer.add_scalar(key, value, record["iteration"])
+        if self.mlflow is not None:
+            self.mlflow.write(record)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.mlflow is not None:
+            self.mlflow.close()
 
 
 def with_dataset_classes(config: TrainConfig, num_classes: int) -> TrainConfig:
@@ -305,9 +315,9 @@ def prepare_model(
 
 @dataclass
 class TrainingState:
-    """Everything a checkpoint restores: weights, optimizer, schedule, scaler and RNG, the
-    position, the best score so far, and whether a validation is owed (a run stopped at a
-    validation iteration before validating)."""
+    """Everything a checkpoint restores: weights (and their EMA), optimizer, schedule, scaler and
+    RNG, the position, the best score so far, early stopping's count, and whether a validation
+    is owed (a run stopped at a validation iteration before validating)."""
 
     model: DeepLab
     optimizer: torch.optim.Optimizer
@@ -317,6 +327,8 @@ class TrainingState:
     best_miou: float = -1.0
     best_class_iou: list[float | None] | None = None
     validation_due: bool = False
+    ema: WeightAverage | None = None
+    plateau: Plateau = field(default_factory=Plateau)
 
     @classmethod
     def create(cls, model: DeepLab, config: TrainConfig, device: torch.device) -> TrainingState:
@@ -326,7 +338,8 @@ class TrainingState:
         factor = poly_schedule(config.run.iterations, optim.poly_power, optim.warmup_iters)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         scaler = torch.amp.GradScaler(device.type, enabled=config.run.precision == "fp16")
-        return cls(model, optimizer, scheduler, scaler)
+        ema = WeightAverage(model, config.run.ema_decay) if config.run.ema_decay else None
+        return cls(model, optimizer, scheduler, scaler, ema=ema)
 
     def to_checkpoint(self, config: TrainConfig, device: torch.device) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
@@ -341,6 +354,10 @@ class TrainingState:
             "best_miou": self.best_miou,
             "best_class_iou": self.best_class_iou,
             "validation_due": self.validation_due,
+            # The averaged weights, which atrous.load reads from the checkpoint when present.
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "plateau": dataclasses.asdict(self.plateau),
             "rng": rng,
             "config": config.to_dict(),
         }
@@ -365,6 +382,11 @@ class TrainingState:
         self.iteration, self.best_miou = state["iteration"], state["best_miou"]
         self.best_class_iou = state.get("best_class_iou")
         self.validation_due = state.get("validation_due", False)
+        self.plateau = Plateau(**state.get("plateau", {}))
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"], state["ema_updates"])
+        elif self.ema is not None:  # run.ema_decay set on resuming: average from here on
+            self.ema = WeightAverage(self.model, self.ema.decay)
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
@@ -460,7 +482,10 @@ def _prepare_output(config: TrainConfig, env: DistributedEnv, fresh: bool) -> Ru
             (output_dir / "metrics.jsonl").unlink(missing_ok=True)
             shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return RunLog(output_dir, env.is_main)
+    mlflow = None
+    if env.is_main and config.run.mlflow:
+        mlflow = MlflowLog(output_dir, config.to_dict(), fresh)
+    return RunLog(output_dir, env.is_main, mlflow)
 
 
 def _announce(run: Training) -> None:
@@ -483,6 +508,8 @@ def _start(config: TrainConfig, env: DistributedEnv) -> Training:
     """Read the data, check settings and labels, build or resume the model and optimizer."""
     if env.device.type == "cuda":  # crops have one size: let cuDNN pick its fastest kernels
         torch.backends.cudnn.benchmark = True
+    if config.run.mlflow and env.is_main:  # a missing package is said before any work
+        import_mlflow()
     train_set = build_dataset(config.data, "train")
     val_set = build_dataset(config.data, "val")
     config = with_dataset_classes(config, train_set.num_classes)
@@ -587,6 +614,8 @@ def _step(run: Training, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -
         raise FloatingPointError(f"loss became {logged['loss']} at iteration {state.iteration}")
     state.scaler.step(state.optimizer)
     state.scaler.update()
+    if state.ema is not None:
+        state.ema.update(state.model)
     logged["lr"] = state.optimizer.param_groups[0]["lr"]
     state.scheduler.step()
     state.iteration += 1
@@ -628,32 +657,54 @@ def _validation_record(iteration: int, scores: SegmentationScores, task: str) ->
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
 
 
-def _validate(run: Training) -> None:
-    """Score the validation split; rank 0 keeps ``best.pt`` of the best mIoU so far."""
-    config, env, state = run.config, run.env, run.state
-    started = time.perf_counter()
+def _score(run: Training, model: DeepLab) -> SegmentationScores:
+    """``model``'s scores on the validation split (every process takes its share)."""
+    config = run.config
     evaluation = evaluate_dataset(
-        state.model,
+        model,
         run.val_set,
         config.model.mean,
         config.model.std,
-        env,
+        run.env,
         config.run.precision,
         config.run.progress,
         pipeline=PipelineConfig(batch_size=1, workers=config.data.workers),
         multilabel=config.model.task == "multilabel",
     )
+    return evaluation.scores()
+
+
+def _validate(run: Training) -> None:
+    """Score the validation split, and the EMA's weights when kept; rank 0 keeps ``best.pt`` of
+    the best mIoU so far: the EMA's when kept (it is what the run delivers), else the weights'.
+    Early stopping counts the same mIoU."""
+    config, env, state = run.config, run.env, run.state
+    started = time.perf_counter()
+    scores = _score(run, state.model)
+    record = _validation_record(state.iteration, scores, config.model.task)
+    said = f"validation mIoU {scores.mean_iou:.4f}"
+    if state.ema is not None:
+        scores = _score(run, state.ema.model)
+        ema = _validation_record(state.iteration, scores, config.model.task)
+        record.update({f"ema_{k}": v for k, v in ema.items() if k != "iteration"})
+        said += f", EMA's {scores.mean_iou:.4f}"
     run.tick += time.perf_counter() - started  # validation time is not training throughput
-    run.scores = scores = evaluation.scores()
+    run.scores = scores
     state.validation_due = False
-    run.log.write(_validation_record(state.iteration, scores, config.model.task))
+    state.plateau.update(scores.mean_iou, config.run.early_stop_min_delta)
+    run.log.write(record)
     if env.is_main:
-        print(f"iteration {state.iteration}: validation mIoU {scores.mean_iou:.4f}")
+        print(f"iteration {state.iteration}: {said}")
         if scores.mean_iou > state.best_miou:
             state.best_miou = scores.mean_iou
             state.best_class_iou = [None if math.isnan(v) else float(v) for v in scores.iou]
             save_checkpoint(state.to_checkpoint(config, env.device), run.best_path)
     _train_mode(run)
+
+
+def _stopping_early(run: Training) -> bool:
+    """Whether validation has not improved for ``run.early_stop_patience`` validations."""
+    return run.state.plateau.reached(run.config.run.early_stop_patience)
 
 
 def _validation_due(run: Training) -> bool:
@@ -687,13 +738,14 @@ def _train_until_end(run: Training, signals: StopSignals) -> str | None:
     state, env = run.state, run.env
     if state.validation_due:  # the run stopped before a scheduled validation
         _validate(run)
+        _save_last(run)  # validated once: a stop before the next checkpoint must not recount
     _train_mode(run)
     batches = _training_batches(run)
     show = run.config.run.progress and env.is_main
     with tqdm(
         total=run.end, initial=state.iteration, disable=not show, desc="train", dynamic_ncols=True
     ) as bar:
-        while state.iteration < run.end:
+        while state.iteration < run.end and not _stopping_early(run):
             _log_step(run, _step(run, batches), bar)
             due = _validation_due(run)
             stop = agree_to_stop(signals.received is not None, env.device)
@@ -723,11 +775,12 @@ def _save_best_model(run: Training) -> None:
     config.json with the classes and colours, a model card with the training summary."""
     config, env, state = run.config, run.env, run.state
     plot_curves(run.output_dir / "metrics.jsonl", run.output_dir / "curves.png")
-    if run.best_path.is_file():
+    if run.best_path.is_file():  # the EMA's weights when the run keeps one
         best = load(run.best_path)
     else:
         best = build_model(config.model)
-        best.load_state_dict(state.model.state_dict())
+        delivered = state.ema.model if state.ema is not None else state.model
+        best.load_state_dict(delivered.state_dict())
     best.to(env.device)
     scored = state.best_miou >= 0  # validation ran at least once
     summary = TrainingSummary(
@@ -755,10 +808,23 @@ def _save_best_model(run: Training) -> None:
     )
 
 
+def _say_stopped_early(run: Training) -> None:
+    """Why the run ended before ``run.iterations``, and where its best weights are."""
+    config, state = run.config.run, run.state
+    gain = f"by more than {config.early_stop_min_delta:g} " if config.early_stop_min_delta else ""
+    print(
+        f"stopped early at iteration {state.iteration} of {config.iterations}: validation mIoU "
+        f"has not improved {gain}for {state.plateau.since_best} validations (best "
+        f"{state.best_miou:.4f}, kept in {run.best_path} and {run.output_dir / 'model'})"
+    )
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) the training that ``config`` describes; return where it ended.
 
     Raises :class:`TrainingPreempted` when a stop signal ended it early (``last.pt`` written).
+    With ``run.early_stop_patience`` it ends (``stopped_early``) once validation stops improving,
+    with the best model saved as at the end.
     """
     env = init_distributed(config.run.device)
     try:
@@ -773,8 +839,11 @@ def train(config: TrainConfig) -> TrainResult:
             if env.distributed:
                 stopped += f" (seen by rank {env.rank} of {env.world_size})"
             raise TrainingPreempted(stopped, state.iteration, run.last_path, config.run.resume)
-        if env.is_main and state.iteration == config.run.iterations:
+        early = _stopping_early(run)
+        if env.is_main and early:
+            _say_stopped_early(run)
+        if env.is_main and (early or state.iteration == config.run.iterations):
             _save_best_model(run)
-        return TrainResult(run.output_dir, state.iteration, state.best_miou, run.scores)
+        return TrainResult(run.output_dir, state.iteration, state.best_miou, run.scores, early)
     finally:
         shutdown_distributed()
