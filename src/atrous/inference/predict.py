@@ -348,10 +348,9 @@ def predict_files(
         )
     files = expand_inputs(inputs)
     output_dir = Path(output_dir)
-    folders = {"masks": True, "overlays": overlays, "figures": figures}
-    for name, wanted in {**folders, **dict.fromkeys(maps, True)}.items():
-        if wanted:
-            (output_dir / name).mkdir(parents=True, exist_ok=True)
+    wanted = ["masks", *(["overlays"] if overlays else []), *(["figures"] if figures else [])]
+    for name in [*wanted, *maps]:
+        (output_dir / name).mkdir(parents=True, exist_ok=True)
     report = PredictReport([], [])
     dataset = ImageFiles(files, segmenter.mean, segmenter.std)
     bar = tqdm(total=len(files), desc="predict", disable=not progress, unit="image")
@@ -372,17 +371,11 @@ def predict_files(
                 torch.cat([item.tensor[None] for item in batch]), maps
             )
             for index, (item, label) in enumerate(zip(batch, labels, strict=True)):
+                stem, chosen = files[item.index].stem, {k: v[index] for k, v in arrays.items()}
                 writer.submit(
-                    write_prediction,
-                    segmenter,
-                    item.image,
-                    label,
-                    files[item.index].stem,
-                    output_dir,
-                    overlays,
-                    figures,
-                    {name: values[index] for name, values in arrays.items()},
-                )
+                    write_prediction, segmenter, item.image, label, stem, output_dir, overlays,
+                    figures, chosen,
+                )  # fmt: skip
             bar.update(len(batch))
     report.written = [path for paths in writer.results for path in paths]
     report.segmented = len(writer.results)
