@@ -150,7 +150,10 @@ def regions(network: Network, height: int, width: int, config: InferenceConfig) 
     """The regions covering a ``height``×``width`` image under ``config``, in reading order."""
     side = region_side(network, config)
     margin = round(side * config.overlap / 2)
-    grid = (config.output_stride or network.output_stride or 32) * scale_period(config.scales)
+    stride = config.output_stride or network.output_stride or 32
+    grid = stride * scale_period(config.scales)
+    if side - 2 * margin - grid < 0:  # a small window: keep a core, align at scale 1 only
+        grid = stride
     return [
         Region(rows, cols, core_rows, core_cols)
         for rows, core_rows in spans(height, side, margin, grid)
