@@ -50,7 +50,7 @@ def test_prune_keeps_the_last_requests_and_the_page_own_files(tmp_path):
         os.utime(results[-1], (start + 10 * i + 1,) * 2)
     prune(tmp_path, keep=2, since=start)
     assert [r.exists() for r in results] == [False] * 4 + [True] * 2
-    assert [u.exists() for u in uploads] == [False] * 4 + [True] * 2  # older than result 4
+    assert [u.exists() for u in uploads] == [False] * 4 + [True] * 2  # no newer than result 3
     assert not (tmp_path / "gradio" / "u0").exists()  # emptied folders go too
     assert sample.exists()
 

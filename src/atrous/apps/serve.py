@@ -99,18 +99,18 @@ def confidence_image(confidence: np.ndarray, num_classes: int) -> np.ndarray:
 
 def prune(workdir: Path, keep: int = KEEP_REQUESTS, since: float = 0.0) -> None:
     """Delete what requests before the last ``keep`` left in ``workdir``: their result folders,
-    and the uploads and Gradio's copies older than the oldest result kept (files older than
-    ``since``, the page's start, such as the samples, are the page's own and stay)."""
+    and the uploads and Gradio's copies no newer than the newest result deleted (files older
+    than ``since``, the page's start, such as the samples, are the page's own and stay)."""
     results = workdir / "results"
     folders = sorted(results.iterdir(), key=lambda p: p.stat().st_mtime) if results.is_dir() else []
     if len(folders) <= keep:
         return
+    cutoff = folders[-keep - 1].stat().st_mtime
     for folder in folders[:-keep]:
         shutil.rmtree(folder, ignore_errors=True)
-    oldest = folders[-keep].stat().st_mtime
     for path in sorted((workdir / "gradio").rglob("*"), reverse=True):  # files before folders
         with contextlib.suppress(OSError):  # a file Gradio is still writing, a folder in use
-            if path.is_file() and since < path.stat().st_mtime < oldest:
+            if path.is_file() and since < path.stat().st_mtime <= cutoff:
                 path.unlink()
             elif path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
