@@ -367,8 +367,9 @@ def predict_files(
     pending = pipeline.max_pending
     with bar, BackgroundWriter(pipeline.writers, pending) as writer:
         for batch in batches_by_size(items, pipeline.batch_size, attrgetter("size"), pending):
+            tensors = [item.tensor[None] for item in batch]  # one image: no copy (25 MP: 300 MB)
             labels, arrays = segmenter.decide(
-                torch.cat([item.tensor[None] for item in batch]), maps
+                tensors[0] if len(batch) == 1 else torch.cat(tensors), maps
             )
             for index, (item, label) in enumerate(zip(batch, labels, strict=True)):
                 stem, chosen = files[item.index].stem, {k: v[index] for k, v in arrays.items()}
