@@ -250,7 +250,7 @@ def write_samples(folder: Path) -> list[Path]:
 CSS = """
 .legend { border-collapse: collapse; }
 .legend td, .legend th { padding: 2px 10px; text-align: left; }
-#image img, #overlay img { width: 100%; height: 100%; object-fit: contain;
+#image img, #overlay img, #confidence img { width: 100%; height: 100%; object-fit: contain;
                            image-rendering: pixelated; }
 .swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #777;
           vertical-align: middle; }
@@ -264,6 +264,24 @@ def _gradio() -> Any:
     except ImportError:
         raise ImportError("atrous serve needs Gradio: pip install 'atrous[serve]'") from None
     return gradio
+
+
+def _result_column(gr: Any) -> tuple:
+    """The page's outputs: status line, image, overlay, confidence, legend, mask file."""
+    status = gr.Markdown(elem_id="status")
+    with gr.Row():
+        shown = gr.Image(label="Image", format="png", height=320, elem_id="image")
+        coloured = gr.Image(label="Overlay", format="png", height=320, elem_id="overlay")
+        sure = gr.Image(
+            label="Confidence (black: chance, white: certain)",
+            format="png",
+            height=320,
+            elem_id="confidence",
+        )
+    with gr.Row():
+        legend = gr.HTML(elem_id="legend")
+        mask = gr.File(label="Mask (palette PNG of class indices)", elem_id="mask")
+    return status, shown, coloured, sure, legend, mask
 
 
 def build_page(model: PageModel, is_demo_model: bool) -> Any:
@@ -304,21 +322,7 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
                 multi = gr.Checkbox(label="Multi-scale (0.5–1.75) + left-right flip")
                 fast = gr.Checkbox(label="Fast path (BN folded, fastest correct backend)")
             with gr.Column(scale=2):
-                status = gr.Markdown(elem_id="status")
-                with gr.Row():
-                    shown = gr.Image(label="Image", format="png", height=320, elem_id="image")
-                    coloured = gr.Image(
-                        label="Overlay", format="png", height=320, elem_id="overlay"
-                    )
-                    sure = gr.Image(
-                        label="Confidence (black: chance, white: certain)",
-                        format="png",
-                        height=320,
-                        elem_id="confidence",
-                    )
-                with gr.Row():
-                    legend = gr.HTML(elem_id="legend")
-                    mask = gr.File(label="Mask (palette PNG of class indices)", elem_id="mask")
+                status, shown, coloured, sure, legend, mask = _result_column(gr)
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card_text(model.network))
         outputs = [shown, coloured, sure, legend, mask, status, current, upload]
