@@ -6,7 +6,7 @@
 Each run is the real command (``python -m atrous predict IMAGE --model M``, overlays written) in
 a child process; peak memory is the largest resident set of any process of the run
 (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a wrapper that does nothing else) and the largest
-sum over the run's process tree (main process + loader workers), sampled every 20 ms with psutil.
+sum over the run's process tree (main process + loader workers), sampled every 20 ms from /proc.
 "before" is whole-image inference (``--inference.max_pixels null``, as before region-by-region
 inference existed), "after" the default (regions above 1025×1025 pixels). Masks of the two are
 compared over all pixels and away from region edges (at least 32 px from any region's core
@@ -24,7 +24,9 @@ Results go to benchmarks/results/predict_memory.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -34,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from PIL import Image
 
 MODELS = {
@@ -42,6 +43,7 @@ MODELS = {
     "r101": ("deeplabv3plus_resnet101", {}),
 }
 DEFAULT_RUNS = ("mnv2:1500:before", "mnv2:1500:after", "mnv2:5000:after")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 SEAM = 32  # pixels either side of a region's core boundary left out of "away from seams"
 
 
@@ -75,6 +77,25 @@ def save_model(key: str, folder: Path) -> None:
     model.save_pretrained(folder)
 
 
+def tree_rss(root: int) -> int:
+    """Resident bytes of process ``root`` and all its descendants (Linux ``/proc``)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (name) state ppid ...": the name may hold spaces
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    members, new = {root}, {root}
+    while new:
+        new = {pid for pid, parent in parents.items() if parent in new} - members
+        members |= new
+    total = 0
+    for pid in members:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a process that just ended
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return total
+
+
 def child(command: list[str]) -> None:
     """Run ``command``; print its seconds, ru_maxrss and the peak summed RSS of its tree."""
     peak, done = [0], threading.Event()
@@ -82,13 +103,8 @@ def child(command: list[str]) -> None:
     process = subprocess.Popen(command, stdout=sys.stderr)
 
     def sample() -> None:
-        root = psutil.Process(process.pid)
         while not done.wait(0.02):
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
-            except psutil.Error:
-                continue
+            peak[0] = max(peak[0], tree_rss(process.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
