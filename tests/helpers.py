@@ -26,7 +26,7 @@ from atrous.convert.tf_checkpoint import DTYPES, TABLE_MAGIC, mask_crc, masked_c
 from atrous.data import DataConfig
 from atrous.data.palettes import VOC_PALETTE
 from atrous.data.visualize import palette_image
-from atrous.models.zoo import get_config
+from atrous.models.zoo import create_model, get_config
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -246,3 +246,26 @@ def tarball(members: dict[str, bytes], links: dict[str, str] | None = None) -> b
             info.type, info.linkname = tarfile.SYMTYPE, target
             archive.addfile(info)
     return buffer.getvalue()
+
+
+def decisive_model(
+    image: torch.Tensor, pooling: bool = False, num_classes: int = 3
+) -> torch.nn.Module:
+    """A tiny DeepLabV3+ whose logits vary across ``image`` (std 3 around a zero mean), not a
+    random network's near-constant output. Without ``pooling`` the image-pooling branch is
+    silenced: it pools whatever it is given (a region, or the whole image) by design."""
+    torch.manual_seed(0)
+    model = create_model(
+        "deeplabv3plus_mobilenetv2", num_classes=num_classes, width_multiplier=0.25
+    )
+    model.eval()
+    randomize_bn(model)
+    if not pooling:
+        torch.nn.init.zeros_(model.aspp.convs[-1][1].weight)
+    with torch.no_grad():
+        logits = model(image) - model.classifier.bias[:, None, None]
+        mean = logits.mean((0, 2, 3))
+        scale = 3 / (logits - mean[:, None, None]).std()
+        model.classifier.weight.mul_(scale)
+        model.classifier.bias.copy_(-scale * mean)
+    return model

@@ -62,6 +62,7 @@ from atrous.inference.predict import (
     fast_segmenter,
     predict_files,
 )
+from atrous.inference.regions import MAPS
 from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
@@ -391,6 +392,8 @@ def predict(
     progress: bool = True,
     fast: bool = False,
     pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+    save_confidence: bool = False,
+    save_entropy: bool = False,
 ) -> int:
     """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/.
 
@@ -409,6 +412,10 @@ def predict(
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the first 8 input images.
         pipeline: images per forward pass (of one size), decoding processes, writing threads.
+        save_confidence: also write each pixel's probability of its class (the maximum), from
+            the probabilities the mask comes from, as float16 confidence/<stem>.npy.
+        save_entropy: also write each pixel's entropy of the class probabilities (nats, 0 to
+            log C) as float16 entropy/<stem>.npy.
     """
     if precision == "int8" and not fast:
         raise UsageError("--precision int8 needs --fast true")
@@ -418,7 +425,12 @@ def predict(
     )
     if fast:
         segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
-    report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress, pipeline)
+    maps = [
+        name for name, wanted in zip(MAPS, (save_confidence, save_entropy), strict=True) if wanted
+    ]
+    report = predict_files(
+        segmenter, inputs, output_dir, overlays, figures, progress, pipeline, maps
+    )
     console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
         errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)

@@ -7,20 +7,25 @@ The page (Gradio) runs every image through :func:`~atrous.inference.predict.segm
 the function
 ``atrous predict`` uses, so the page and the command line cannot disagree. Uploads are limited in
 bytes and pixels, land in a temporary folder (Gradio's upload folder is pointed there), and a file
-that is not a readable image gets a message on the page while the server keeps serving.
+that is not a readable image gets a message on the page while the server keeps serving. The
+folder holds the files of the last :data:`KEEP_REQUESTS` requests only, and is deleted when the
+server stops (Ctrl-C, SIGTERM, or ``Server.close()``).
 """
 
+import contextlib
 import copy
 import dataclasses
 import html
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ from PIL import Image
 from atrous.data import DataConfig, DataError, SyntheticScenes, build_dataset
 from atrous.data.visualize import overlay, palette_image
 from atrous.hub.load import load_segmenter
-from atrous.inference.predict import DEMO_MODEL, Segmenter, fast_segmenter, segment_file
+from atrous.inference.predict import DEMO_MODEL, Segmenter, fast_segmenter, segment_file_maps
 from atrous.inference.strategies import PAPER_SCALES, InferenceConfig
 from atrous.models.card import model_card_text
 from atrous.models.model import DeepLab
@@ -42,6 +47,9 @@ MAX_UPLOAD_MB = 20
 MAX_PIXELS = 25_000_000
 #: Built-in scenes offered as samples: the first of the validation split (never trained on).
 SAMPLE_COUNT = 4
+#: The temporary folder keeps the files of this many latest requests (results, uploads, Gradio's
+#: copies); older ones are deleted after each request, so a long-running page stays small.
+KEEP_REQUESTS = 16
 
 
 @dataclass(frozen=True)
@@ -72,12 +80,40 @@ class PageResult:
     legend: str = ""
     mask_path: Path | None = None
     status: str = ""
+    confidence: np.ndarray | None = None  # (H, W) uint8: white where the model is sure
 
 
 def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Fraction of the pixels given to each class."""
     counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
     return counts / max(1, labels.size)
+
+
+def confidence_image(confidence: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-pixel confidence (the chosen class's probability, from 1/C to 1) as an (H, W) uint8
+    grey image: black at chance (1/C), white at certainty."""
+    chance = 1 / max(2, num_classes)
+    scaled = (confidence.astype(np.float32) - chance) / (1 - chance)
+    return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
+
+
+def prune(workdir: Path, keep: int = KEEP_REQUESTS, since: float = 0.0) -> None:
+    """Delete what requests before the last ``keep`` left in ``workdir``: their result folders,
+    and the uploads and Gradio's copies no newer than the newest result deleted (files older
+    than ``since``, the page's start, such as the samples, are the page's own and stay)."""
+    results = workdir / "results"
+    folders = sorted(results.iterdir(), key=lambda p: p.stat().st_mtime) if results.is_dir() else []
+    if len(folders) <= keep:
+        return
+    cutoff = folders[-keep - 1].stat().st_mtime
+    for folder in folders[:-keep]:
+        shutil.rmtree(folder, ignore_errors=True)
+    for path in sorted((workdir / "gradio").rglob("*"), reverse=True):  # files before folders
+        with contextlib.suppress(OSError):  # a file Gradio is still writing, a folder in use
+            if path.is_file() and since < path.stat().st_mtime <= cutoff:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
 
 def _share(fraction: float) -> str:
@@ -126,6 +162,7 @@ class PageModel:
         self._segmenters: dict[PageOptions, Segmenter] = {}
         self._lock = threading.Lock()
         self.closed = False
+        self.started = time.time()  # files older than this are the page's own (the samples)
 
     @property
     def network(self) -> DeepLab:
@@ -167,12 +204,13 @@ class PageModel:
     def _segment(self, path: Path, options: PageOptions) -> PageResult:
         segmenter = self.segmenter(options)
         start = time.perf_counter()
-        image, labels = segment_file(segmenter, path, max_pixels=MAX_PIXELS)
+        image, labels, maps = segment_file_maps(segmenter, path, ["confidence"], MAX_PIXELS)
         seconds = time.perf_counter() - start
         folder = self.workdir / "results" / uuid.uuid4().hex
         folder.mkdir(parents=True)
         mask_path = folder / f"{path.stem}_mask.png"
         palette_image(labels, segmenter.palette).save(mask_path)
+        prune(self.workdir, KEEP_REQUESTS, self.started)
         height, width = labels.shape
         return PageResult(
             image,
@@ -181,6 +219,7 @@ class PageModel:
             mask_path,
             f"{_plain(path.name)}: {width}×{height} segmented in {1000 * seconds:.0f} ms "
             f"({options.describe()})",
+            confidence_image(maps["confidence"], segmenter.num_classes),
         )
 
     def close(self) -> None:
@@ -211,7 +250,7 @@ def write_samples(folder: Path) -> list[Path]:
 CSS = """
 .legend { border-collapse: collapse; }
 .legend td, .legend th { padding: 2px 10px; text-align: left; }
-#image img, #overlay img { width: 100%; height: 100%; object-fit: contain;
+#image img, #overlay img, #confidence img { width: 100%; height: 100%; object-fit: contain;
                            image-rendering: pixelated; }
 .swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #777;
           vertical-align: middle; }
@@ -227,6 +266,24 @@ def _gradio() -> Any:
     return gradio
 
 
+def _result_column(gr: Any) -> tuple:
+    """The page's outputs: status line, image, overlay, confidence, legend, mask file."""
+    status = gr.Markdown(elem_id="status")
+    with gr.Row():
+        shown = gr.Image(label="Image", format="png", height=320, elem_id="image")
+        coloured = gr.Image(label="Overlay", format="png", height=320, elem_id="overlay")
+        sure = gr.Image(
+            label="Confidence (black: chance, white: certain)",
+            format="png",
+            height=320,
+            elem_id="confidence",
+        )
+    with gr.Row():
+        legend = gr.HTML(elem_id="legend")
+        mask = gr.File(label="Mask (palette PNG of class indices)", elem_id="mask")
+    return status, shown, coloured, sure, legend, mask
+
+
 def build_page(model: PageModel, is_demo_model: bool) -> Any:
     """The Gradio Blocks page for ``model``."""
     gr = _gradio()
@@ -235,7 +292,8 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
         result = model.run(path, PageOptions(int(stride), multi, fast))
         mask = str(result.mask_path) if result.mask_path is not None else None
         # The upload box is emptied each time, so the next file can be dropped straight away.
-        return result.image, result.overlay, result.legend, mask, result.status, path, None
+        shown = (result.image, result.overlay, result.confidence, result.legend, mask)
+        return *shown, result.status, path, None
 
     where = (
         f"`{model.source}`, the model the last `atrous demo` saved"
@@ -264,18 +322,10 @@ def build_page(model: PageModel, is_demo_model: bool) -> Any:
                 multi = gr.Checkbox(label="Multi-scale (0.5–1.75) + left-right flip")
                 fast = gr.Checkbox(label="Fast path (BN folded, fastest correct backend)")
             with gr.Column(scale=2):
-                status = gr.Markdown(elem_id="status")
-                with gr.Row():
-                    shown = gr.Image(label="Image", format="png", height=320, elem_id="image")
-                    coloured = gr.Image(
-                        label="Overlay", format="png", height=320, elem_id="overlay"
-                    )
-                with gr.Row():
-                    legend = gr.HTML(elem_id="legend")
-                    mask = gr.File(label="Mask (palette PNG of class indices)", elem_id="mask")
+                status, shown, coloured, sure, legend, mask = _result_column(gr)
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card_text(model.network))
-        outputs = [shown, coloured, legend, mask, status, current, upload]
+        outputs = [shown, coloured, sure, legend, mask, status, current, upload]
         options = [stride, multi, fast]
         upload.upload(handle, [upload, *options], outputs)
 
@@ -360,7 +410,26 @@ def launch(
     announce(f"atrous serve: {model} on {server.url} (uploads in {workdir})")
     if block:
         try:
-            page.block_thread()
+            with _sigterm_interrupts():
+                page.block_thread()
         finally:
             server.close()
     return server
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside the block SIGTERM (a service manager, ``kill``) stops the page as Ctrl-C does, so
+    the temporary folder is deleted either way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

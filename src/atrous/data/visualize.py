@@ -33,11 +33,20 @@ def overlay(
     alpha: float = 0.5,
     background: int | None = 0,
 ) -> np.ndarray:
-    """Blend label colours over an (H, W, 3) uint8 image; the ``background`` class stays clear."""
-    colours = colorize(mask, palette).astype(np.float32)
-    clear = (mask == background)[..., None] if background is not None else False
-    weight = np.where(clear, 0.0, alpha)
-    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
+    """Blend label colours over an (H, W, 3) uint8 image; the ``background`` class stays clear.
+
+    Blended a band of rows at a time (about a megapixel), so a 25-megapixel photo needs tens of
+    megabytes of float scratch rather than gigabytes."""
+    blended = np.empty_like(image)
+    step = max(1, 2**20 // max(1, image.shape[1]))
+    for top in range(0, image.shape[0], step):
+        rows = slice(top, top + step)
+        colours = colorize(mask[rows], palette).astype(np.float32)
+        clear = (mask[rows] == background)[..., None] if background is not None else False
+        weight = np.where(clear, 0.0, alpha)
+        band = image[rows].astype(np.float32) * (1 - weight) + colours * weight
+        blended[rows] = band.round().astype(np.uint8)
+    return blended
 
 
 def overlay_multilabel(

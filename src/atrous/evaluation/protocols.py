@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.inference.regions import segment_regions
 from atrous.inference.strategies import (
     InferenceConfig,
     Network,
     output_stride,
     probabilities,
     restore_view,
-    segment,
     transform_view,
 )
 from atrous.models.layers import ImagePool
@@ -264,10 +264,10 @@ def protocol_probabilities(
 ) -> torch.Tensor:
     """(N, C, h, w) class probabilities at the prepared images' size under ``protocol``
     (scales and TTA views from ``config``; tf and mmseg resize logits back before the softmax)."""
-    if protocol.source == "atrous":
-        return segment(network, images, config, multilabel)
+    if protocol.source == "atrous":  # region by region above config.max_pixels
+        return segment_regions(network, images, config, multilabel)
     if protocol.source == "torchvision":  # any size as given, no padding
-        return segment(network, images, replace(config, align=False), multilabel)
+        return segment_regions(network, images, replace(config, align=False), multilabel)
     if config.window is not None:
         raise ValueError(f"the official {protocol.source} protocol runs whole images, no window")
     size, corners = images.shape[-2:], protocol.source == "tf"

@@ -45,12 +45,18 @@ from atrous.inference.pipeline import (
     batches_by_size,
     decoded_items,
 )
+from atrous.inference.regions import (
+    MapName,
+    needs_regions,
+    region_side,
+    segment_labels,
+    segment_regions,
+)
 from atrous.inference.strategies import (
     InferenceConfig,
     Network,
     align_input,
     output_stride,
-    segment,
 )
 from atrous.models.model import DeepLab
 from atrous.runtime.precision import autocast
@@ -91,24 +97,40 @@ class Segmenter:
         return self.task == "multilabel"
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 RGB → (C, H, W) class probabilities at the image's size."""
+        """(H, W, 3) uint8 RGB → (C, H, W) class probabilities at the image's size (region by
+        region above ``inference.max_pixels``: :mod:`atrous.inference.regions`)."""
         batch = normalise_images([image], self.mean, self.std)[0].to(self.device)
         with autocast(self.device, self.precision):
-            return segment(self.network, batch, self.inference, self.multilabel)[0]
+            return segment_regions(self.network, batch, self.inference, self.multilabel)[0]
+
+    def decide(
+        self, batch: torch.Tensor, maps: Sequence[MapName] = ()
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Normalised (N, 3, H, W) images → (N, H, W) uint8 label maps (multilabel: (N, C, H, W)
+        of 0/1) and the per-pixel ``maps`` asked for (float16 ``confidence``, ``entropy``),
+        decided on the device, region by region above ``inference.max_pixels``."""
+        with autocast(self.device, self.precision):
+            decision = segment_labels(
+                self.network, batch.to(self.device), self.inference, self.multilabel, maps
+            )
+        arrays = {name: value.cpu().numpy() for name, value in decision.maps.items()}
+        return decision.labels.cpu().numpy(), arrays
 
     def labels(self, batch: torch.Tensor) -> np.ndarray:
         """Normalised (N, 3, H, W) images → (N, H, W) uint8 label maps, decided on the device;
         multilabel: (N, C, H, W) uint8 of 0/1."""
-        with autocast(self.device, self.precision):
-            probabilities = segment(
-                self.network, batch.to(self.device), self.inference, self.multilabel
-            )
-        chosen = probabilities > 0.5 if self.multilabel else probabilities.argmax(1)
-        return chosen.to(torch.uint8).cpu().numpy()
+        return self.decide(batch)[0]
+
+    def decide_image(
+        self, image: np.ndarray, maps: Sequence[MapName] = ()
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(H, W, 3) uint8 RGB → its label map and per-pixel ``maps`` (see :meth:`decide`)."""
+        labels, arrays = self.decide(normalise_images([image], self.mean, self.std)[0], maps)
+        return labels[0], {name: value[0] for name, value in arrays.items()}
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB → (H, W) uint8 label map; multilabel: (C, H, W) uint8 of 0/1."""
-        return self.labels(normalise_images([image], self.mean, self.std)[0])[0]
+        return self.decide_image(image)[0]
 
     @classmethod
     def from_model(
@@ -237,6 +259,18 @@ def segment_file(
     return image, segmenter(image)
 
 
+def segment_file_maps(
+    segmenter: Segmenter,
+    path: str | Path,
+    maps: Sequence[MapName],
+    max_pixels: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """:func:`segment_file` with per-pixel ``maps`` (``confidence``, ``entropy``: float16,
+    from the probabilities the labels come from) beside the label map."""
+    image = read_image(path, max_pixels)
+    return image, *segmenter.decide_image(image, maps)
+
+
 def write_prediction(
     segmenter: Segmenter,
     image: np.ndarray,
@@ -245,6 +279,7 @@ def write_prediction(
     output_dir: Path,
     overlays: bool = True,
     figures: bool = False,
+    maps: dict[str, np.ndarray] | None = None,
 ) -> list[Path]:
     """Write one image's outputs under ``output_dir``; return the files written.
 
@@ -252,6 +287,7 @@ def write_prediction(
     of 0 (background) and 255 (foreground), or for multilabel models one 0/255 PNG per class in
     ``masks/<stem>/<class>.png``. ``overlays/<stem>.png``: the colours blended over the image;
     with ``figures``, ``figures/<stem>.png``: image | overlay | labels (not for multilabel).
+    Each of ``maps`` (name → float16 array of the labels' shape) goes to ``<name>/<stem>.npy``.
     """
     palette = segmenter.palette
     written = []
@@ -275,6 +311,9 @@ def write_prediction(
     if figures and not segmenter.multilabel:
         written.append(output_dir / "figures" / f"{stem}.png")
         Image.fromarray(side_by_side(image, labels, palette)).save(written[-1])
+    for name, values in (maps or {}).items():  # confidence/<stem>.npy, entropy/<stem>.npy
+        written.append(output_dir / name / f"{stem}.npy")
+        np.save(written[-1], values)
     return written
 
 
@@ -291,6 +330,7 @@ def predict_files(
     figures: bool = False,
     progress: bool = True,
     pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+    maps: Sequence[MapName] = (),
 ) -> PredictReport:
     """Segment every input image and write its outputs under ``output_dir`` (see
     :func:`write_prediction`: masks at the input's size, overlays, optional figures).
@@ -298,7 +338,8 @@ def predict_files(
     Loader workers decode and normalise, images of one size run in batches, and results are
     written by background threads (:mod:`atrous.inference.pipeline`); the outputs equal those of one
     image at a time. A file that cannot be read is reported in the result and the others are
-    still processed.
+    still processed. ``maps`` (``confidence``, ``entropy``) are written as float16 ``.npy``
+    arrays in ``confidence/`` and ``entropy/``, computed region by region like the labels.
     """
     if len(segmenter.mean) != 3:
         raise ValueError(
@@ -307,9 +348,9 @@ def predict_files(
         )
     files = expand_inputs(inputs)
     output_dir = Path(output_dir)
-    for name, wanted in {"masks": True, "overlays": overlays, "figures": figures}.items():
-        if wanted:
-            (output_dir / name).mkdir(parents=True, exist_ok=True)
+    wanted = ["masks", *(["overlays"] if overlays else []), *(["figures"] if figures else [])]
+    for name in [*wanted, *maps]:
+        (output_dir / name).mkdir(parents=True, exist_ok=True)
     report = PredictReport([], [])
     dataset = ImageFiles(files, segmenter.mean, segmenter.std)
     bar = tqdm(total=len(files), desc="predict", disable=not progress, unit="image")
@@ -326,19 +367,16 @@ def predict_files(
     pending = pipeline.max_pending
     with bar, BackgroundWriter(pipeline.writers, pending) as writer:
         for batch in batches_by_size(items, pipeline.batch_size, attrgetter("size"), pending):
-            labels = segmenter.labels(torch.cat([item.tensor[None] for item in batch]))
-            for item, label in zip(batch, labels, strict=True):
-                stem = files[item.index].stem
+            tensors = [item.tensor[None] for item in batch]  # one image: no copy (25 MP: 300 MB)
+            labels, arrays = segmenter.decide(
+                tensors[0] if len(batch) == 1 else torch.cat(tensors), maps
+            )
+            for index, (item, label) in enumerate(zip(batch, labels, strict=True)):
+                stem, chosen = files[item.index].stem, {k: v[index] for k, v in arrays.items()}
                 writer.submit(
-                    write_prediction,
-                    segmenter,
-                    item.image,
-                    label,
-                    stem,
-                    output_dir,
-                    overlays,
-                    figures,
-                )
+                    write_prediction, segmenter, item.image, label, stem, output_dir, overlays,
+                    figures, chosen,
+                )  # fmt: skip
             bar.update(len(batch))
     report.written = [path for paths in writer.results for path in paths]
     report.segmented = len(writer.results)
@@ -383,6 +421,9 @@ def fast_segmenter(
         example = None
         if calibration:  # as segment() will run it: padded to the aligned size
             example = normalise_images(calibration[:1], segmenter.mean, segmenter.std)[0]
+            if needs_regions(example, inference):  # check on one region, as it will run
+                side = region_side(model, inference)
+                example = example[..., :side, :side]
             example = align_input(model, example) if inference.align else example
         network = optimize_for_inference(
             model,

@@ -70,6 +70,9 @@ class InferenceConfig:
     window_batch: int = 4  # windows per forward pass (bounds memory)
     align: bool = True  # pad whole images to OS·k+1 (as the official 513 crops) and cut back
     tta: TTA = "none"  # flips and rotations averaged (hflip, vflip, hvflip, d4: all 8)
+    # Largest network input in pixels (at the largest scale); a larger image goes region by
+    # region (atrous.inference.regions), so memory stays near one window's; None: never.
+    max_pixels: int | None = 1025 * 1025
 
     def __post_init__(self) -> None:
         if self.tta not in VIEWS:
@@ -83,6 +86,8 @@ class InferenceConfig:
             raise ValueError(f"window must be at least 16 pixels, got {self.window}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.max_pixels is not None and self.max_pixels < 256:
+            raise ValueError(f"max_pixels must be at least 256 (16×16), got {self.max_pixels}")
         if self.window_batch < 1:
             raise ValueError(f"window_batch must be at least 1, got {self.window_batch}")
 
