@@ -81,6 +81,13 @@ def read_bands(path: str | Path, bands: int) -> np.ndarray:
             f"image {path} has shape {array.shape}: expected {bands} bands (data.in_channels) "
             "as the last axis (H, W, C) or the first (C, H, W)"
         )
+    return unit_range(array)
+
+
+def unit_range(array: np.ndarray) -> np.ndarray:
+    """Band values → float32 as training reads them: integers divided by their type's maximum
+    (uint8 /255, uint16 /65535), floats kept as they are. Shared with the raster reader, so a
+    GeoTIFF predicts with the scaling its tiles were trained with."""
     if np.issubdtype(array.dtype, np.integer):
         return (array / np.iinfo(array.dtype).max).astype(np.float32)
     return array.astype(np.float32)

@@ -1,0 +1,246 @@
+"""Segmenting rasters window by window: GeoTIFF (any GDAL format, any band count) in, GeoTIFF
+mask out, on the input's grid.
+
+A scene is cut into output blocks (``block`` pixels a side, a multiple of the mask's tiles);
+for each block the overlapping ``window``×``window`` crops of one global grid are read, run
+through the segmenter's strategy (scales, flip, output stride) and blended with a smooth
+weight (sin², highest at a window's centre, near zero at its edges) so window borders leave no
+seams. Memory is bounded by one block and its margin, whatever the scene's size: the scene is
+never read whole, and each block's labels are written before the next is read. Windows that
+straddle a block edge run once for each block they touch, so blocks agree exactly at their
+edges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atrous.data.io import DataError
+from atrous.data.raster import (
+    MASK_NODATA,
+    RASTER_SUFFIXES,
+    check_bands,
+    describe_classes,
+    is_georeferenced,
+    mask_profile,
+    open_raster,
+    rasterio_module,
+    read_window,
+)
+from atrous.errors import AtrousError, UsageError
+from atrous.inference.predict import PredictReport, Segmenter
+from atrous.inference.strategies import segment, window_starts
+from atrous.runtime.precision import autocast
+
+#: The window side when the segmenter's inference config sets none.
+DEFAULT_WINDOW = 512
+#: TIFF endings that hold ordinary pictures unless georeferenced or read by a non-RGB model.
+TIFF_SUFFIXES = {".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One output block: its rows and columns [start, stop) and the (top, left) corners of the
+    windows that cover it."""
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    windows: list[tuple[int, int]]
+
+
+def default_block(window: int) -> int:
+    """Output block side for ``window``: about four windows, a multiple of 256 (the tile)."""
+    return math.ceil(4 * window / 256) * 256
+
+
+def plan_blocks(
+    height: int, width: int, window: tuple[int, int], overlap: float, block: int
+) -> list[Block]:
+    """The blocks of a ``height``×``width`` scene and the windows of one global grid (stride
+    ``window·(1 − overlap)``, the last window flush with the border) that touch each."""
+    stride = max(1, int(max(window) * (1 - overlap)))
+    tops = window_starts(height, window[0], stride)
+    lefts = window_starts(width, window[1], stride)
+    blocks = []
+    for top in range(0, height, block):
+        rows = (top, min(top + block, height))
+        row_starts = [t for t in tops if t < rows[1] and t + window[0] > rows[0]]
+        for left in range(0, width, block):
+            cols = (left, min(left + block, width))
+            col_starts = [s for s in lefts if s < cols[1] and s + window[1] > cols[0]]
+            blocks.append(Block(rows, cols, [(t, s) for t in row_starts for s in col_starts]))
+    return blocks
+
+
+def blend_weights(height: int, width: int) -> torch.Tensor:
+    """(height, width) sin² weights: 1 at the window's centre, small but positive at its edges
+    (a pixel that only one window covers keeps that window's value)."""
+
+    def profile(n: int) -> torch.Tensor:
+        return torch.sin(math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n) ** 2
+
+    return (profile(height)[:, None] * profile(width)[None, :]).float()
+
+
+def window_probabilities(segmenter: Segmenter, crops: torch.Tensor) -> torch.Tensor:
+    """Normalised (N, bands, h, w) crops → (N, C, h, w) float32 probabilities on the CPU, through
+    the segmenter's strategy (each crop runs whole: the windows are this module's)."""
+    config = dataclasses.replace(segmenter.inference, window=None)
+    with autocast(segmenter.device, segmenter.precision):
+        probs = segment(segmenter.network, crops.to(segmenter.device), config, segmenter.multilabel)
+    return probs.float().cpu()
+
+
+def blend_block(
+    segmenter: Segmenter, dataset: object, block: Block, window: tuple[int, int], bar: tqdm
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One block → its blended (C, h, w) probabilities and (h, w) valid-pixel mask.
+
+    Reads the block's windows' extent once, normalises it with the model's mean and std, sets
+    nodata pixels to the mean (0 after normalisation) and blends the windows' probabilities.
+    """
+    from rasterio.windows import Window
+
+    height, width = window
+    top = min(t for t, _ in block.windows)
+    left = min(s for _, s in block.windows)
+    bottom = max(t for t, _ in block.windows) + height
+    right = max(s for _, s in block.windows) + width
+    values, valid = read_window(dataset, Window(left, top, right - left, bottom - top))
+    mean = torch.tensor(segmenter.mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(segmenter.std, dtype=torch.float32)[:, None, None]
+    pixels = (torch.from_numpy(values) - mean) / std
+    pixels[:, torch.from_numpy(~valid)] = 0
+    weights = blend_weights(height, width)
+    total = torch.zeros(0)
+    weight_sum = torch.zeros(bottom - top, right - left)
+    step = segmenter.inference.window_batch
+    for first in range(0, len(block.windows), step):
+        chunk = [(t - top, s - left) for t, s in block.windows[first : first + step]]
+        crops = torch.stack([pixels[:, t : t + height, s : s + width] for t, s in chunk])
+        probs = window_probabilities(segmenter, crops)
+        if first == 0:
+            total = probs.new_zeros(probs.shape[1], bottom - top, right - left)
+        for crop, (t, s) in zip(probs, chunk, strict=True):
+            total[:, t : t + height, s : s + width] += crop * weights
+            weight_sum[t : t + height, s : s + width] += weights
+        bar.update(len(chunk))
+    rows = slice(block.rows[0] - top, block.rows[1] - top)
+    cols = slice(block.cols[0] - left, block.cols[1] - left)
+    return (total / weight_sum)[:, rows, cols], valid[rows, cols]
+
+
+def block_labels(segmenter: Segmenter, probs: torch.Tensor, valid: np.ndarray) -> np.ndarray:
+    """(C, h, w) probabilities → (bands, h, w) uint8: class indices (one band), or 0/1 per class
+    for multilabel models; nodata pixels :data:`MASK_NODATA`."""
+    if segmenter.multilabel:
+        labels = (probs > 0.5).to(torch.uint8).numpy()
+    else:
+        labels = probs.argmax(0).to(torch.uint8).numpy()[None]
+    labels[:, ~valid] = MASK_NODATA
+    return labels
+
+
+def predict_raster(
+    segmenter: Segmenter,
+    path: str | Path,
+    output_dir: str | Path,
+    window: int | None = None,
+    block: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Segment the raster ``path`` window by window into ``output_dir/<stem>.tif``: a uint8
+    GeoTIFF of class indices on the input's grid (CRS, transform, size), tiled and deflate-
+    compressed, nodata 255 where every input band is nodata; one 0/1 band per class for
+    multilabel models. ``window`` defaults to the inference config's (else 512), ``block`` to
+    about four windows."""
+    rasterio = rasterio_module("predicting rasters")
+    from rasterio.windows import Window
+
+    path, output_dir = Path(path), Path(output_dir)
+    window = window or segmenter.inference.window or DEFAULT_WINDOW
+    block = block or default_block(window)
+    if block % 16:
+        raise UsageError(f"the raster block side must be a multiple of 16, got {block}")
+    if not segmenter.multilabel and segmenter.num_classes > MASK_NODATA:
+        raise UsageError(
+            f"GeoTIFF masks hold classes 0–{MASK_NODATA - 1} ({MASK_NODATA} is nodata); this "
+            f"model has {segmenter.num_classes} classes"
+        )
+    output = output_dir / f"{path.stem}.tif"
+    partial = output_dir / f".{path.stem}.partial.tif"
+    with open_raster(path) as dataset:
+        check_bands(dataset, path, len(segmenter.mean))
+        size = (min(window, dataset.height), min(window, dataset.width))
+        blocks = plan_blocks(
+            dataset.height, dataset.width, size, segmenter.inference.overlap, block
+        )
+        count = segmenter.num_classes if segmenter.multilabel else 1
+        profile = mask_profile(dataset, count, math.gcd(block, 256))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        total = sum(len(b.windows) for b in blocks)
+        bar = tqdm(total=total, desc=path.name, unit="window", disable=not progress)
+        with bar, rasterio.open(partial, "w", **profile) as written:
+            describe_classes(written, segmenter.class_names, segmenter.palette, count)
+            for item in blocks:
+                probs, valid = blend_block(segmenter, dataset, item, size, bar)
+                (top, bottom), (left, right) = item.rows, item.cols
+                place = Window(left, top, right - left, bottom - top)
+                written.write(block_labels(segmenter, probs, valid), window=place)
+    os.replace(partial, output)
+    return output
+
+
+def predict_rasters(
+    segmenter: Segmenter,
+    paths: Sequence[str | Path],
+    output_dir: str | Path,
+    progress: bool = True,
+) -> PredictReport:
+    """:func:`predict_raster` on each path; a file that cannot be used (unreadable, another
+    band count) is reported in the result and the others are still processed."""
+    report = PredictReport([], [])
+    for path in paths:
+        try:
+            report.written.append(predict_raster(segmenter, path, output_dir, progress=progress))
+        except DataError as error:
+            report.failed.append((Path(path), str(error)))
+            with contextlib.suppress(FileNotFoundError):
+                (Path(output_dir) / f".{Path(path).stem}.partial.tif").unlink()
+    report.segmented = len(report.written)
+    return report
+
+
+def split_rasters(files: Sequence[Path], bands: int) -> tuple[list[Path], list[Path]]:
+    """(rasters, pictures) among ``files`` for a model of ``bands`` bands: GDAL formats, and
+    TIFFs that are georeferenced or read by a model of other than three bands, are rasters
+    (GeoTIFF masks); the rest are pictures (PNG masks and overlays)."""
+    rasters, pictures = [], []
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in RASTER_SUFFIXES and (
+            suffix not in TIFF_SUFFIXES or bands != 3 or _georeferenced(path)
+        ):
+            rasters.append(path)
+        else:
+            pictures.append(path)
+    return rasters, pictures
+
+
+def _georeferenced(path: Path) -> bool:
+    """Whether a TIFF is georeferenced; False without rasterio or for a file it cannot read
+    (the picture reader then reports it as before)."""
+    try:
+        return is_georeferenced(path)
+    except AtrousError:  # no rasterio, or a file it cannot read
+        return False
