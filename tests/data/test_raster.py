@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
+from helpers import UTM_CRS, UTM_TRANSFORM, write_geotiff
 from rasterio.windows import Window
 
 from atrous.data import DataConfig
@@ -22,18 +22,8 @@ from atrous.data.raster import (
 )
 from atrous.errors import AtrousError
 
-UTM = "EPSG:32633"
-TRANSFORM = Affine(10, 0, 500_000, 0, -10, 4_000_000)  # 10 m pixels, north up
-
-
-def write_geotiff(path, array, nodata=None, crs=UTM, transform=TRANSFORM) -> None:
-    """A (bands, H, W) array as a tiled, compressed GeoTIFF on a UTM grid."""
-    bands, height, width = array.shape
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": bands}
-    profile.update(dtype=array.dtype.name, nodata=nodata, crs=crs, transform=transform)
-    profile.update(tiled=True, blockxsize=16, blockysize=16, compress="deflate")
-    with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write(array)
+UTM = UTM_CRS
+TRANSFORM = Affine(*UTM_TRANSFORM)
 
 
 def test_window_reads_scale_as_training_and_mark_nodata(tmp_path):
@@ -68,7 +58,7 @@ def test_band_count_and_unreadable_files_are_clear_errors(tmp_path):
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_georeferencing_is_told_from_crs_or_transform(tmp_path):
     write_geotiff(tmp_path / "geo.tif", np.zeros((1, 8, 8), np.uint8))
-    write_geotiff(tmp_path / "plain.tif", np.zeros((1, 8, 8), np.uint8), crs=None, transform=None)
+    write_geotiff(tmp_path / "plain.tif", np.zeros((1, 8, 8), np.uint8), georeferenced=False)
     assert is_georeferenced(tmp_path / "geo.tif")
     assert not is_georeferenced(tmp_path / "plain.tif")
 
