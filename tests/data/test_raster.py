@@ -11,7 +11,7 @@ from rasterio.windows import Window
 from atrous.data import DataConfig
 from atrous.data.check_data import check_data
 from atrous.data.folder import FolderDataset
-from atrous.data.io import DataError
+from atrous.data.io import DataError, read_image
 from atrous.data.raster import (
     MASK_NODATA,
     check_bands,
@@ -108,3 +108,17 @@ def test_check_data_catches_a_geotiff_mask_of_another_size(tmp_path):
     result = check_data(config, progress=False)
     assert not result.ok
     assert any("tile_0" in message for message in result.report.errors)
+
+
+def test_sixteen_bit_rgb_geotiffs_read_as_pictures(tmp_path):
+    rng = np.random.default_rng(2)
+    array = rng.integers(0, 65535, (3, 24, 32), dtype=np.uint16)
+    write_geotiff(tmp_path / "rgb16.tif", array)  # planar uint16: Pillow cannot open it
+    image = read_image(tmp_path / "rgb16.tif")
+    expected = np.round(np.moveaxis(array, 0, -1) / 65535 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image, expected)
+    with pytest.raises(DataError, match="more than the limit"):
+        read_image(tmp_path / "rgb16.tif", max_pixels=100)
+    write_geotiff(tmp_path / "five.tif", array[:1].repeat(5, 0))
+    with pytest.raises(DataError, match="expected 3 bands"):
+        read_image(tmp_path / "five.tif")

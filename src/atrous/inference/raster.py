@@ -107,7 +107,8 @@ def blend_block(
     """One block → its blended (C, h, w) probabilities and (h, w) valid-pixel mask.
 
     Reads the block's windows' extent once, normalises it with the model's mean and std, sets
-    nodata pixels to the mean (0 after normalisation) and blends the windows' probabilities.
+    nodata pixels (and NaN values) to the mean, 0 after normalisation, and blends the windows'
+    probabilities.
     """
     from rasterio.windows import Window
 
@@ -119,7 +120,7 @@ def blend_block(
     values, valid = read_window(dataset, Window(left, top, right - left, bottom - top))
     mean = torch.tensor(segmenter.mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(segmenter.std, dtype=torch.float32)[:, None, None]
-    pixels = (torch.from_numpy(values) - mean) / std
+    pixels = torch.nan_to_num((torch.from_numpy(values) - mean) / std)  # NaN bands: the mean
     pixels[:, torch.from_numpy(~valid)] = 0
     weights = blend_weights(height, width)
     total = torch.zeros(0)
