@@ -17,8 +17,14 @@ from atrous.cli import main
 from atrous.data.io import DataError
 from atrous.data.raster import MASK_NODATA
 from atrous.errors import AtrousError
+from atrous.inference import raster
 from atrous.inference.predict import Segmenter
-from atrous.inference.raster import plan_blocks, predict_raster, split_rasters
+from atrous.inference.raster import (
+    plan_blocks,
+    predict_raster,
+    split_rasters,
+    window_probabilities,
+)
 from atrous.inference.strategies import InferenceConfig, segment
 from atrous.models.zoo import create_model
 
@@ -82,13 +88,21 @@ def scene(tmp_path_factory):
     spread_classes(model, inputs)
     whole = segment(model, inputs[None], InferenceConfig())[0]
     segmenter = Segmenter.from_model(model)
-    out = predict_raster(segmenter, folder / "scene.tif", folder / "out", WINDOW, BLOCK, False)
-    return folder, model, whole, out
+    crops = []
+    with pytest.MonkeyPatch.context() as patch:
+
+        def counted(segmenter, batch):
+            crops.append(len(batch))
+            return window_probabilities(segmenter, batch)
+
+        patch.setattr(raster, "window_probabilities", counted)
+        out = predict_raster(segmenter, folder / "scene.tif", folder / "out", WINDOW, BLOCK, False)
+    return folder, model, whole, out, sum(crops)
 
 
 @pytest.mark.slow
 def test_the_mask_keeps_the_grid_and_nodata(scene):
-    _, _, _, out = scene
+    *_, out, _ = scene
     assert out.name == "scene.tif"
     with rasterio.open(out) as mask:
         assert mask.crs == UTM_CRS and mask.transform == Affine(*UTM_TRANSFORM)
@@ -106,9 +120,12 @@ def test_the_mask_keeps_the_grid_and_nodata(scene):
 
 @pytest.mark.slow
 def test_windows_blend_to_the_whole_image_prediction(scene):
-    _, _, whole, out = scene
+    _, _, whole, out, windows = scene
     with rasterio.open(out) as mask:
         labels = mask.read(1)
+    # A block row runs each of its windows once (those across the middle serve both blocks):
+    # tops 0, 64 for the first, 64, 128, 160 for the second (64 straddles both), 4 lefts each.
+    assert windows == 2 * 4 + 3 * 4
     expected = whole.argmax(0).numpy()
     valid = np.ones(labels.shape, bool)
     valid[NODATA_CORNER] = False
@@ -134,7 +151,7 @@ def test_blocks_see_every_window_that_touches_them():
 
 @pytest.mark.slow
 def test_atrous_predict_writes_geotiffs_and_names_a_band_mismatch(scene, capsys):
-    folder, model, _, blocked = scene
+    folder, model, _, blocked, _ = scene
     model.save_pretrained(folder / "model")
     write_geotiff(folder / "rgb.tif", blob_scene(64, bands=3))
     status = main(

@@ -6,9 +6,10 @@ for each block the overlapping ``window``×``window`` crops of one global grid a
 through the segmenter's strategy (scales, flip, output stride) and blended with a smooth
 weight (sin², highest at a window's centre, near zero at its edges) so window borders leave no
 seams. Memory is bounded by one block and its margin, whatever the scene's size: the scene is
-never read whole, and each block's labels are written before the next is read. Windows that
-straddle a block edge run once for each block they touch, so blocks agree exactly at their
-edges.
+never read whole, and each block's labels are written before the next is read. Windows on a
+block's right edge are kept for the block to its right; those on its bottom edge run again for
+the block below (keeping them would hold a whole row of the scene), about a quarter more
+windows at the default block size. Blocks agree exactly at their edges.
 """
 
 from __future__ import annotations
@@ -101,44 +102,88 @@ def window_probabilities(segmenter: Segmenter, crops: torch.Tensor) -> torch.Ten
     return probs.float().cpu()
 
 
+#: Probabilities of windows computed for one block that the next block (to its right) reuses.
+WindowCache = dict[tuple[int, int], torch.Tensor]
+
+
+class Blend:
+    """Sums of weighted window probabilities and of the weights over one block's extent."""
+
+    def __init__(self, classes: int, top: int, left: int, size: tuple[int, int], window) -> None:
+        self.top, self.left, self.window = top, left, window
+        self.total = torch.zeros(classes, *size)
+        self.weight_sum = torch.zeros(size)
+        self.weights = blend_weights(*window)
+
+    def add(self, corner: tuple[int, int], probs: torch.Tensor) -> None:
+        """Add one window's (C, h, w) probabilities, its top-left corner in scene pixels."""
+        top, left = corner[0] - self.top, corner[1] - self.left
+        rows, cols = slice(top, top + self.window[0]), slice(left, left + self.window[1])
+        self.total[:, rows, cols] += probs * self.weights
+        self.weight_sum[rows, cols] += self.weights
+
+    def probabilities(self, block: Block) -> torch.Tensor:
+        """The blended (C, h, w) probabilities of ``block``'s own pixels."""
+        rows = slice(block.rows[0] - self.top, block.rows[1] - self.top)
+        cols = slice(block.cols[0] - self.left, block.cols[1] - self.left)
+        return (self.total / self.weight_sum)[:, rows, cols]
+
+
 def blend_block(
-    segmenter: Segmenter, dataset: object, block: Block, window: tuple[int, int], bar: tqdm
-) -> tuple[torch.Tensor, np.ndarray]:
-    """One block → its blended (C, h, w) probabilities and (h, w) valid-pixel mask.
+    segmenter: Segmenter,
+    dataset: object,
+    block: Block,
+    window: tuple[int, int],
+    bar: tqdm,
+    cache: WindowCache,
+) -> tuple[torch.Tensor, np.ndarray, WindowCache]:
+    """One block → its blended (C, h, w) probabilities, its (h, w) valid-pixel mask and the
+    windows the next block shares with it.
 
     Reads the block's windows' extent once, normalises it with the model's mean and std, sets
     nodata pixels (and NaN values) to the mean, 0 after normalisation, and blends the windows'
-    probabilities.
+    probabilities; windows in ``cache`` (the block to the left's) are not run again.
     """
     from rasterio.windows import Window
 
     height, width = window
     top = min(t for t, _ in block.windows)
     left = min(s for _, s in block.windows)
-    bottom = max(t for t, _ in block.windows) + height
-    right = max(s for _, s in block.windows) + width
-    values, valid = read_window(dataset, Window(left, top, right - left, bottom - top))
+    size = (
+        max(t for t, _ in block.windows) + height - top,
+        max(s for _, s in block.windows) + width - left,
+    )
+    values, valid = read_window(dataset, Window(left, top, size[1], size[0]))
     mean = torch.tensor(segmenter.mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(segmenter.std, dtype=torch.float32)[:, None, None]
     pixels = torch.nan_to_num((torch.from_numpy(values) - mean) / std)  # NaN bands: the mean
     pixels[:, torch.from_numpy(~valid)] = 0
-    weights = blend_weights(height, width)
-    total = torch.zeros(0)
-    weight_sum = torch.zeros(bottom - top, right - left)
+    blend = Blend(segmenter.num_classes, top, left, size, window)
+    shared: WindowCache = {}
+
+    def add(corner: tuple[int, int], probs: torch.Tensor) -> None:
+        blend.add(corner, probs)
+        if corner[1] + width > block.cols[1]:  # the next block to the right needs it too
+            shared[corner] = probs.clone()  # not a view holding its whole batch
+
+    for corner in block.windows:
+        if corner in cache:
+            add(corner, cache[corner])
+    todo = [corner for corner in block.windows if corner not in cache]
     step = segmenter.inference.window_batch
-    for first in range(0, len(block.windows), step):
-        chunk = [(t - top, s - left) for t, s in block.windows[first : first + step]]
-        crops = torch.stack([pixels[:, t : t + height, s : s + width] for t, s in chunk])
-        probs = window_probabilities(segmenter, crops)
-        if first == 0:
-            total = probs.new_zeros(probs.shape[1], bottom - top, right - left)
-        for crop, (t, s) in zip(probs, chunk, strict=True):
-            total[:, t : t + height, s : s + width] += crop * weights
-            weight_sum[t : t + height, s : s + width] += weights
+    for first in range(0, len(todo), step):
+        chunk = todo[first : first + step]
+        crops = [
+            pixels[:, t - top : t - top + height, s - left : s - left + width] for t, s in chunk
+        ]
+        for corner, probs in zip(
+            chunk, window_probabilities(segmenter, torch.stack(crops)), strict=True
+        ):
+            add(corner, probs)
         bar.update(len(chunk))
     rows = slice(block.rows[0] - top, block.rows[1] - top)
     cols = slice(block.cols[0] - left, block.cols[1] - left)
-    return (total / weight_sum)[:, rows, cols], valid[rows, cols]
+    return blend.probabilities(block), valid[rows, cols], shared
 
 
 def block_labels(segmenter: Segmenter, probs: torch.Tensor, valid: np.ndarray) -> np.ndarray:
@@ -189,12 +234,14 @@ def predict_raster(
         count = segmenter.num_classes if segmenter.multilabel else 1
         profile = mask_profile(dataset, count, math.gcd(block, 256))
         output_dir.mkdir(parents=True, exist_ok=True)
-        total = sum(len(b.windows) for b in blocks)
+        total = len({(b.rows, corner) for b in blocks for corner in b.windows})
         bar = tqdm(total=total, desc=path.name, unit="window", disable=not progress)
+        cache: WindowCache = {}
         with bar, rasterio.open(partial, "w", **profile) as written:
             describe_classes(written, segmenter.class_names, segmenter.palette, count)
             for item in blocks:
-                probs, valid = blend_block(segmenter, dataset, item, size, bar)
+                cache = {} if item.cols[0] == 0 else cache
+                probs, valid, cache = blend_block(segmenter, dataset, item, size, bar, cache)
                 (top, bottom), (left, right) = item.rows, item.cols
                 place = Window(left, top, right - left, bottom - top)
                 written.write(block_labels(segmenter, probs, valid), window=place)
