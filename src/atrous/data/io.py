@@ -113,8 +113,8 @@ def unit_range(array: np.ndarray) -> np.ndarray:
     """Band values → float32 as training reads them: integers divided by their type's maximum
     (uint8 /255, uint16 /65535), floats kept as they are. Shared with the raster reader, so a
     GeoTIFF predicts with the scaling its tiles were trained with."""
-    if np.issubdtype(array.dtype, np.integer):
-        return (array / np.iinfo(array.dtype).max).astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):  # in float32: no float64 copy of a large window
+        return np.divide(array, np.float32(np.iinfo(array.dtype).max), dtype=np.float32)
     return array.astype(np.float32)
 
 

@@ -126,7 +126,7 @@ class Blend:
         """The blended (C, h, w) probabilities of ``block``'s own pixels."""
         rows = slice(block.rows[0] - self.top, block.rows[1] - self.top)
         cols = slice(block.cols[0] - self.left, block.cols[1] - self.left)
-        return (self.total / self.weight_sum)[:, rows, cols]
+        return self.total[:, rows, cols] / self.weight_sum[rows, cols]
 
 
 def blend_block(
@@ -156,7 +156,7 @@ def blend_block(
     values, valid = read_window(dataset, Window(left, top, size[1], size[0]))
     mean = torch.tensor(segmenter.mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(segmenter.std, dtype=torch.float32)[:, None, None]
-    pixels = torch.nan_to_num((torch.from_numpy(values) - mean) / std)  # NaN bands: the mean
+    pixels = torch.from_numpy(values).sub_(mean).div_(std).nan_to_num_()  # NaN bands: the mean
     pixels[:, torch.from_numpy(~valid)] = 0
     blend = Blend(segmenter.num_classes, top, left, size, window)
     shared: WindowCache = {}
