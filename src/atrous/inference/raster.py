@@ -45,6 +45,9 @@ from atrous.runtime.precision import autocast
 
 #: The window side when the segmenter's inference config sets none.
 DEFAULT_WINDOW = 512
+#: GDAL's block cache while predicting, in MB (its default, 5% of the machine's memory, would
+#: otherwise fill with a large scene's blocks read and written).
+GDAL_CACHE_MB = 128
 #: TIFF endings that hold ordinary pictures unless georeferenced or read by a non-RGB model.
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
@@ -225,7 +228,7 @@ def predict_raster(
         )
     output = output_dir / f"{path.stem}.tif"
     partial = output_dir / f".{path.stem}.partial.tif"
-    with open_raster(path) as dataset:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(path) as dataset:
         check_bands(dataset, path, len(segmenter.mean))
         size = (min(window, dataset.height), min(window, dataset.width))
         blocks = plan_blocks(
