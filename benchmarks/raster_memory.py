@@ -2,13 +2,16 @@
 
     python benchmarks/raster_memory.py                       # 512-px windows, scenes 4× and 8×
     python benchmarks/raster_memory.py --window 256 --scales 2 8 16
+    python benchmarks/raster_memory.py --window 256 --scales 8 16 32 --io_only   # no network
 
 For each scale s a 4-band uint16 GeoTIFF of (s·window)² pixels on a UTM grid is written once;
 then, each in a fresh process (so that peak RSS is its own), ``predict_raster`` segments it
 with a random-weight model of ``--bands`` input bands and writes the mask. A row "model only"
 measures the same process without predicting (imports, model, threads): the difference is what
 prediction holds. Memory bounded by the window means peak RSS flat across scales while the
-scene grows; time grows with the scene. Prints the CPU and a Markdown table.
+scene grows; time grows with the scene. ``--io_only`` replaces the network by uniform
+probabilities, to measure reading, blending and writing alone on scenes too large to run a
+network over here. Prints the CPU and a Markdown table.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atrous.inference import raster
 from atrous.inference.predict import Segmenter
 from atrous.inference.raster import predict_raster
 from atrous.inference.strategies import InferenceConfig
@@ -63,6 +67,10 @@ def measure(args: argparse.Namespace) -> dict:
     )
     inference = InferenceConfig(window=args.window, window_batch=args.window_batch)
     segmenter = Segmenter.from_model(model, inference)
+    if args.io_only:  # the raster machinery alone: uniform probabilities, no network
+        raster.window_probabilities = lambda segmenter, crops: torch.full(
+            (len(crops), args.classes, *crops.shape[-2:]), 1 / args.classes
+        )
     start = time.perf_counter()
     if args.scene:
         predict_raster(segmenter, args.scene, Path(args.scene).parent / "out", progress=False)
@@ -76,6 +84,7 @@ def child(args: argparse.Namespace, scene: Path | None) -> dict:
     command = [sys.executable, __file__, "--child", str(scene or "")]
     for name in ("window", "bands", "classes", "model", "width", "window_batch"):
         command += [f"--{name}", str(getattr(args, name))]
+    command += ["--io_only"] if args.io_only else []
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[-1])
 
@@ -89,6 +98,9 @@ def main() -> None:
     parser.add_argument("--model", default="deeplabv3plus_mobilenetv2")
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--window_batch", type=int, default=4)
+    parser.add_argument(
+        "--io_only", action="store_true", help="no network: reading, blending, writing"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -96,7 +108,8 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     print(f"CPU: {describe_device(torch.device('cpu'))}")
-    print(f"{args.model} width {args.width}, {args.bands} bands, {args.classes} classes, ")
+    network = "no network (--io_only)" if args.io_only else f"{args.model} width {args.width}"
+    print(f"{network}, {args.bands} bands, {args.classes} classes, ")
     print(f"{args.window}-px windows, batch {args.window_batch}\n")
     rows = [("model only", "—", child(args, None))]
     with tempfile.TemporaryDirectory() as folder:
