@@ -219,3 +219,16 @@ def test_without_rasterio_predicting_a_raster_names_the_extra(tmp_path, monkeypa
     model = create_model("deeplabv3plus_mobilenetv2", num_classes=2, width_multiplier=0.25)
     with pytest.raises(AtrousError, match=r"pip install 'atrous\[geo\]'"):
         predict_raster(Segmenter.from_model(model), photo, tmp_path, progress=False)
+
+
+def test_a_failed_prediction_leaves_no_mask_behind(tmp_path, monkeypatch):
+    write_geotiff(tmp_path / "s.tif", blob_scene(48, bands=3))
+    model = create_model("deeplabv3plus_mobilenetv2", num_classes=2, width_multiplier=0.25)
+
+    def broken(segmenter, crops):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(raster, "window_probabilities", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict_raster(Segmenter.from_model(model), tmp_path / "s.tif", tmp_path / "out", 32)
+    assert list((tmp_path / "out").iterdir()) == []

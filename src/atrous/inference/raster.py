@@ -14,10 +14,8 @@ windows at the default block size. Blocks agree exactly at their edges.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,8 +224,7 @@ def predict_raster(
             f"GeoTIFF masks hold classes 0–{MASK_NODATA - 1} ({MASK_NODATA} is nodata); this "
             f"model has {segmenter.num_classes} classes"
         )
-    output = output_dir / f"{path.stem}.tif"
-    partial = output_dir / f".{path.stem}.partial.tif"
+    partial = output_dir / f".{path.stem}.partial.tif"  # renamed when complete
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(path) as dataset:
         check_bands(dataset, path, len(segmenter.mean))
         size = (min(window, dataset.height), min(window, dataset.width))
@@ -240,16 +237,19 @@ def predict_raster(
         total = len({(b.rows, corner) for b in blocks for corner in b.windows})
         bar = tqdm(total=total, desc=path.name, unit="window", disable=not progress)
         cache: WindowCache = {}
-        with bar, rasterio.open(partial, "w", **profile) as written:
-            describe_classes(written, segmenter.class_names, segmenter.palette, count)
-            for item in blocks:
-                cache = {} if item.cols[0] == 0 else cache
-                probs, valid, cache = blend_block(segmenter, dataset, item, size, bar, cache)
-                (top, bottom), (left, right) = item.rows, item.cols
-                place = Window(left, top, right - left, bottom - top)
-                written.write(block_labels(segmenter, probs, valid), window=place)
-    os.replace(partial, output)
-    return output
+        try:
+            with bar, rasterio.open(partial, "w", **profile) as written:
+                describe_classes(written, segmenter.class_names, segmenter.palette, count)
+                for item in blocks:
+                    cache = {} if item.cols[0] == 0 else cache
+                    probs, valid, cache = blend_block(segmenter, dataset, item, size, bar, cache)
+                    (top, bottom), (left, right) = item.rows, item.cols
+                    place = Window(left, top, right - left, bottom - top)
+                    written.write(block_labels(segmenter, probs, valid), window=place)
+        except BaseException:  # interrupted or failed: no half-written mask left behind
+            partial.unlink(missing_ok=True)
+            raise
+    return partial.replace(output_dir / f"{path.stem}.tif")
 
 
 def predict_rasters(
@@ -266,8 +266,6 @@ def predict_rasters(
             report.written.append(predict_raster(segmenter, path, output_dir, progress=progress))
         except DataError as error:
             report.failed.append((Path(path), str(error)))
-            with contextlib.suppress(FileNotFoundError):
-                (Path(output_dir) / f".{Path(path).stem}.partial.tif").unlink()
     report.segmented = len(report.written)
     return report
 
