@@ -421,7 +421,7 @@ def predict(
     )
     rasters, pictures = split_rasters(files, len(segmenter.mean))
     if fast:
-        segmenter = fast_segmenter(segmenter, precision, calibration_images(pictures))
+        segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
     report = predict_rasters(segmenter, rasters, output_dir, progress)
     if pictures:
         more = predict_files(segmenter, pictures, output_dir, overlays, figures, progress, pipeline)
