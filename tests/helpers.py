@@ -269,3 +269,24 @@ def decisive_model(
         model.classifier.weight.mul_(scale)
         model.classifier.bias.copy_(-scale * mean)
     return model
+
+
+#: The grid of generated GeoTIFFs: UTM zone 33N, 10 m pixels, north up.
+UTM_CRS = "EPSG:32633"
+UTM_TRANSFORM = (10.0, 0.0, 500_000.0, 0.0, -10.0, 4_000_000.0)
+
+
+def write_geotiff(path: Path, array: np.ndarray, nodata=None, georeferenced: bool = True) -> None:
+    """A (bands, H, W) array as a tiled, deflate-compressed GeoTIFF on :data:`UTM_CRS` (or a
+    plain TIFF without CRS and transform)."""
+    import rasterio
+    from affine import Affine
+
+    bands, height, width = array.shape
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": bands}
+    profile.update(dtype=array.dtype.name, nodata=nodata)
+    if georeferenced:
+        profile.update(crs=UTM_CRS, transform=Affine(*UTM_TRANSFORM))
+    profile.update(tiled=True, blockxsize=16, blockysize=16, compress="deflate")
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(array)

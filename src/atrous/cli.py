@@ -62,6 +62,7 @@ from atrous.inference.predict import (
     fast_segmenter,
     predict_files,
 )
+from atrous.inference.raster import predict_rasters, split_rasters
 from atrous.inference.regions import MAPS
 from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
@@ -395,10 +396,13 @@ def predict(
     save_confidence: bool = False,
     save_entropy: bool = False,
 ) -> int:
-    """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/.
+    """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/;
+    rasters (GeoTIFF, any band count) window by window to GeoTIFF masks (<stem>.tif).
 
     Args:
-        inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied).
+        inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied);
+            georeferenced TIFFs, GDAL formats, and any TIFF for a model of other than 3 bands
+            are rasters (needs atrous[geo]; windows: --inference.window, default 512).
         model: a saved model folder, a training checkpoint (.pt), an exported .onnx file or a
             published checkpoint (tf:xception65_coco_voc_trainaug; atrous models --pretrained)
             (default: the model the last `atrous demo` saved).
@@ -419,18 +423,24 @@ def predict(
     """
     if precision == "int8" and not fast:
         raise UsageError("--precision int8 needs --fast true")
-    expand_inputs(inputs)  # no image to segment: said before the model loads
+    files = expand_inputs(inputs)  # no image to segment: said before the model loads
     segmenter = load_segmenter(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
+    rasters, pictures = split_rasters(files, len(segmenter.mean))
     if fast:
         segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
     maps = [
         name for name, wanted in zip(MAPS, (save_confidence, save_entropy), strict=True) if wanted
     ]
-    report = predict_files(
-        segmenter, inputs, output_dir, overlays, figures, progress, pipeline, maps
-    )
+    report = predict_rasters(segmenter, rasters, output_dir, progress, maps)
+    if pictures:
+        more = predict_files(
+            segmenter, pictures, output_dir, overlays, figures, progress, pipeline, maps
+        )
+        report.written += more.written
+        report.failed += more.failed
+        report.segmented += more.segmented
     console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
         errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)

@@ -9,6 +9,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from atrous.errors import InputError
 
+#: TIFF endings (read with tifffile when Pillow cannot: more bands or deeper values).
+TIFFS = (".tif", ".tiff")
+
 
 class DataError(InputError):
     """A problem with one file or sample of a dataset; the message names it."""
@@ -39,6 +42,8 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     ) as error:
         if isinstance(error, DataError):
             raise
+        if isinstance(error, UnidentifiedImageError) and Path(path).suffix.lower() in TIFFS:
+            return tiff_rgb(path, max_pixels)  # 16-bit or float RGB (GeoTIFF tiles)
         raise DataError(f"cannot read image {path}: {error}") from None
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
@@ -52,6 +57,26 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
+def tiff_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """A three-band TIFF that Pillow cannot open (16-bit or float bands, planar GeoTIFFs) →
+    (H, W, 3) uint8, scaled as :func:`read_bands` scales bands."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            shape = tiff.pages[0].shape
+    except (OSError, ValueError, tifffile.TiffFileError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
+    pixels = int(np.prod(sorted(shape)[-2:]))  # the two largest axes are height and width
+    if max_pixels is not None and pixels > max_pixels:
+        raise DataError(
+            f"image {path} has {pixels:,} pixels, more than the limit of {max_pixels:,}; "
+            "make it smaller"
+        )
+    rgb = np.clip(read_bands(path, 3), 0.0, 1.0)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
 def read_bands(path: str | Path, bands: int) -> np.ndarray:
     """A multi-band image (RGB + NIR, multispectral) → (H, W, ``bands``) float32.
 
@@ -63,7 +88,7 @@ def read_bands(path: str | Path, bands: int) -> np.ndarray:
     """
     path = Path(path)
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if path.suffix.lower() in TIFFS:
             import tifffile
 
             array = tifffile.imread(path)
@@ -81,8 +106,15 @@ def read_bands(path: str | Path, bands: int) -> np.ndarray:
             f"image {path} has shape {array.shape}: expected {bands} bands (data.in_channels) "
             "as the last axis (H, W, C) or the first (C, H, W)"
         )
-    if np.issubdtype(array.dtype, np.integer):
-        return (array / np.iinfo(array.dtype).max).astype(np.float32)
+    return unit_range(array)
+
+
+def unit_range(array: np.ndarray) -> np.ndarray:
+    """Band values → float32 as training reads them: integers divided by their type's maximum
+    (uint8 /255, uint16 /65535), floats kept as they are. Shared with the raster reader, so a
+    GeoTIFF predicts with the scaling its tiles were trained with."""
+    if np.issubdtype(array.dtype, np.integer):  # in float32: no float64 copy of a large window
+        return np.divide(array, np.float32(np.iinfo(array.dtype).max), dtype=np.float32)
     return array.astype(np.float32)
 
 

@@ -343,8 +343,8 @@ def predict_files(
     """
     if len(segmenter.mean) != 3:
         raise ValueError(
-            f"this model reads {len(segmenter.mean)} image bands; atrous predict reads RGB files. "
-            "Score it on a folder dataset of multi-band TIFFs with atrous eval (--data.in_channels)"
+            f"this model reads {len(segmenter.mean)} image bands, not RGB pictures: give it "
+            "GeoTIFFs of that many bands (atrous predict, atrous.inference.raster.predict_rasters)"
         )
     files = expand_inputs(inputs)
     output_dir = Path(output_dir)
