@@ -39,6 +39,8 @@ from atrous.data.balance import inverse_log_weights, median_frequency_weights
 from atrous.data.check_data import check_data as run_check_data
 from atrous.data.check_data import data_options, fixed_options
 from atrous.data.checks import DataReport, LabelProblem
+from atrous.data.labels import LabelFormat
+from atrous.data.labels import import_labels as run_import_labels
 from atrous.errors import (
     REPORT_TO,
     AtrousError,
@@ -503,6 +505,52 @@ def convert_weights(
         console.print(result.report, soft_wrap=True)
 
 
+def import_labels(
+    *,
+    format: LabelFormat,
+    source: str,
+    output: str,
+    images: str | None = None,
+    split: str = "train",
+    classes: list[str] | None = None,
+    crowd: Literal["ignore", "class"] = "ignore",
+    keep_empty: bool = False,
+) -> None:
+    """Turn an annotation tool's export (COCO, LabelMe, CVAT) into a folder dataset: images/,
+    masks/ of class indices (0 background, later annotations on top), classes.yaml, and
+    import_<split>.txt listing what could not be imported.
+
+    Args:
+        format: the export's format (also spelt --from): coco (a JSON of polygons and RLE),
+            labelme (a folder of its JSON files), cvat (annotations.xml, CVAT for images 1.1).
+        source: the COCO JSON, the LabelMe folder (or one file), the CVAT XML.
+        output: the dataset folder to write (new, or holding other splits of the same classes).
+        images: where the image files are (default: COCO the JSON's folder, LabelMe beside
+            each JSON or embedded, CVAT images/ beside the XML).
+        split: the split folder to write (train, val, …); "" for none.
+        classes: the class names in order after background (default: the export's order;
+            LabelMe: sorted); annotations of other labels are skipped and listed.
+        crowd: COCO iscrowd regions: ignore (label 255 where no other annotation lies) or class.
+        keep_empty: write images without any region as all background (default: skip them).
+    """
+    report = run_import_labels(format, source, output, images, split, classes, crowd, keep_empty)
+    folder = Path(output)
+    console.print(
+        f"{report.written} images imported into {folder} ({len(report.classes)} classes with "
+        f"the background, {report.regions} regions painted)",
+        markup=False,
+        soft_wrap=True,
+    )
+    for why, count in report.reasons():
+        errors.print(f"skipped {count}: {why}", style="yellow", markup=False, soft_wrap=True)
+    console.print(f"report: {report.report_file}", markup=False, soft_wrap=True)
+    if report.written == 0:
+        raise AtrousError(f"nothing imported from {source}; {report.report_file} says why")
+    check = ["atrous", "check-data", "--data.dataset", "folder", "--data.root", str(folder)]
+    check += ["--data.train_split", split or '""'] if split != "train" else []
+    console.print(f"next: {' '.join(check)}", markup=False, soft_wrap=True)
+
+
 def serve(
     model: str = DEMO_MODEL,
     host: str = "127.0.0.1",
@@ -543,6 +591,16 @@ def gather_paths(args: list[str]) -> list[str]:
     return [rest[0], json.dumps(paths), *rest[1:]] if paths else rest
 
 
+def from_word(args: list[str]) -> list[str]:
+    """Let ``atrous import-labels --from coco`` name the format (``from`` is a Python keyword)."""
+    if not args or args[0] != "import-labels":
+        return args
+    return [
+        "--format" if a == "--from" else "--format=" + a[7:] if a.startswith("--from=") else a
+        for a in args
+    ]
+
+
 def serve_model_word(args: list[str]) -> list[str]:
     """Let ``atrous serve MODEL`` name the model without ``--model``."""
     if len(args) > 1 and args[0] == "serve" and not args[1].startswith("-"):
@@ -559,6 +617,7 @@ COMMANDS = {
     "convert": convert_weights,
     "serve": serve,
     "check-data": check_data,
+    "import-labels": import_labels,
     "models": models,
     "profile": profile,
 }
@@ -571,7 +630,8 @@ def main(args: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("ATROUS_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     try:
-        args = serve_model_word(gather_paths(typed_words(auto_parser(COMMANDS), args)))
+        args = typed_words(auto_parser(COMMANDS), from_word(args))
+        args = serve_model_word(gather_paths(args))
         check_config_files(args)
         Parser.command = args[0] if args and not args[0].startswith("-") else ""
         status = CLI(COMMANDS, args=args, parser_class=Parser, prog="atrous")
