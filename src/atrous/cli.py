@@ -65,6 +65,7 @@ from atrous.inference.predict import (
     predict_files,
 )
 from atrous.inference.strategies import InferenceConfig, describe_inference
+from atrous.inference.video import is_video, predict_video
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
 from atrous.models.zoo import create_model, get_config, list_models
@@ -392,8 +393,10 @@ def predict(
     progress: bool = True,
     fast: bool = False,
     pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+    save_masks: bool = False,
 ) -> int:
-    """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/.
+    """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/;
+    videos (.mp4, .mov, .mkv, …): the overlaid video <stem>.mp4.
 
     Args:
         inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied).
@@ -409,17 +412,32 @@ def predict(
         progress: show a progress bar.
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the first 8 input images.
-        pipeline: images per forward pass (of one size), decoding processes, writing threads.
+        pipeline: images (video frames) per forward pass, decoding processes, writing threads.
+        save_masks: videos: also write each frame's mask (masks/<stem>/<frame>.png).
     """
     if precision == "int8" and not fast:
         raise UsageError("--precision int8 needs --fast true")
-    expand_inputs(inputs)  # no image to segment: said before the model loads
+    videos = [item for item in inputs if is_video(item) and Path(item).is_file()]
+    images = [item for item in inputs if item not in videos]
+    if images or not videos:
+        expand_inputs(images)  # no image to segment: said before the model loads
     segmenter = load_segmenter(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
     if fast:
-        segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
-    report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress, pipeline)
+        segmenter = fast_segmenter(segmenter, precision, calibration_images(images))
+    for video in videos:
+        result = predict_video(segmenter, video, output_dir, save_masks, progress, pipeline)
+        console.print(
+            f"{video}: {result.frames} frames of {result.size[1]}×{result.size[0]} at "
+            f"{float(result.rate or 0):g} frames/s, segmented at "
+            f"{result.frames_per_second:.1f} frames/s; written {result.video}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if not images:
+        return 0
+    report = predict_files(segmenter, images, output_dir, overlays, figures, progress, pipeline)
     console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
         errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)

@@ -6,6 +6,7 @@ could not be imported is listed."""
 import base64
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from atrous.data.check_data import check_data
 from atrous.data.folder import read_classes_file
 from atrous.data.io import read_mask
 from atrous.data.labels import import_labels
-from atrous.errors import InputError, UsageError
+from atrous.errors import AtrousError, InputError, UsageError
 
 H, W = 72, 96
 
@@ -289,3 +290,9 @@ def test_bad_exports_and_outputs_are_one_clear_error(coco_export, tmp_path):
         import_labels("coco", path, tmp_path / "o2", split="val", classes=["cat", "dog"])
     with pytest.raises(UsageError, match="--source"):
         import_labels("cvat", tmp_path / "nowhere.xml", tmp_path / "o3")
+
+
+def test_without_pycocotools_the_error_names_the_extra(coco_export, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(AtrousError, match=r"pip install 'atrous\[labels\]'"):
+        import_labels("coco", coco_export[0], tmp_path / "out")
