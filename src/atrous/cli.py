@@ -56,16 +56,18 @@ from atrous.hub.load import load_segmenter
 from atrous.hub.registry import (
     published_table,
 )
+from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
     DEMO_MODEL,
+    Segmenter,
     calibration_images,
     expand_inputs,
     fast_segmenter,
     predict_files,
 )
 from atrous.inference.strategies import InferenceConfig, describe_inference
-from atrous.inference.video import is_video, predict_video
+from atrous.inference.video import first_frames, is_video, predict_video
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
 from atrous.models.zoo import create_model, get_config, list_models
@@ -425,7 +427,29 @@ def predict(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
     if fast:
-        segmenter = fast_segmenter(segmenter, precision, calibration_images(images))
+        calibration = (
+            calibration_images(images) if images else first_frames(videos[0], CALIBRATION_IMAGES)
+        )
+        segmenter = fast_segmenter(segmenter, precision, calibration)
+    _predict_videos(segmenter, videos, output_dir, save_masks, progress, pipeline)
+    if not images:
+        return 0
+    report = predict_files(segmenter, images, output_dir, overlays, figures, progress, pipeline)
+    console.print(f"{report.segmented} images segmented; results in {output_dir}")
+    for _, message in report.failed:
+        errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
+    return 1 if report.failed else 0
+
+
+def _predict_videos(
+    segmenter: Segmenter,
+    videos: list[str],
+    output_dir: str,
+    save_masks: bool,
+    progress: bool,
+    pipeline: PipelineConfig,
+) -> None:
+    """Each video's overlay (and masks) with its size, rate and the frames per second reached."""
     for video in videos:
         result = predict_video(segmenter, video, output_dir, save_masks, progress, pipeline)
         console.print(
@@ -435,13 +459,6 @@ def predict(
             markup=False,
             soft_wrap=True,
         )
-    if not images:
-        return 0
-    report = predict_files(segmenter, images, output_dir, overlays, figures, progress, pipeline)
-    console.print(f"{report.segmented} images segmented; results in {output_dir}")
-    for _, message in report.failed:
-        errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
-    return 1 if report.failed else 0
 
 
 def export(

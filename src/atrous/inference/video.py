@@ -75,6 +75,21 @@ def open_video(path: Path) -> Any:
     return container
 
 
+def first_frames(path: str | Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a video as (H, W, 3) uint8 RGB (``--fast``'s int8
+    calibration when only videos are given)."""
+    container = open_video(Path(path))
+    try:
+        frames = []
+        for frame in container.decode(video=0):
+            if len(frames) == count:
+                break
+            frames.append(frame.to_ndarray(format="rgb24"))
+        return frames
+    finally:
+        container.close()
+
+
 def decoded_frames(
     container: Any, segmenter: Segmenter, frames: queue.Queue, stop: threading.Event
 ) -> None:
@@ -175,6 +190,9 @@ def predict_video(
     path, output_dir = Path(path), Path(output_dir)
     if len(segmenter.mean) != 3:
         raise InputError(f"this model reads {len(segmenter.mean)} bands; video frames are RGB")
+    target = output_dir / f"{path.stem}.mp4"
+    if target.resolve() == path.resolve():
+        raise InputError(f"{path} would be overwritten by its overlay; choose another --output_dir")
     container = open_video(path)
     source = container.streams.video[0]
     source.thread_type = "AUTO"  # decode with FFmpeg's own threads
@@ -182,9 +200,6 @@ def predict_video(
     masks = output_dir / "masks" / path.stem if save_masks else None
     if masks is not None:
         masks.mkdir(parents=True, exist_ok=True)
-    target = output_dir / f"{path.stem}.mp4"
-    if target.resolve() == path.resolve():
-        raise InputError(f"{path} would be overwritten by its overlay; choose another --output_dir")
     frames: queue.Queue = queue.Queue(maxsize=pipeline.max_pending)
     stop = threading.Event()
     decoder = threading.Thread(
@@ -219,7 +234,7 @@ def predict_video(
         encoder.close()
     seconds = time.perf_counter() - start
     size = (encoder.stream.height, encoder.stream.width)
-    return VideoReport(target, encoder.frames, seconds, size, source.average_rate, masks)
+    return VideoReport(target, encoder.frames, seconds, size, encoder.rate, masks)
 
 
 def encode_frame(
