@@ -551,9 +551,10 @@ def import_labels(
     crowd: Literal["ignore", "class"] = "ignore",
     keep_empty: bool = False,
 ) -> None:
-    """Turn an annotation tool's export (COCO, LabelMe, CVAT) into a folder dataset: images/,
-    masks/ of class indices (0 background, later annotations on top), classes.yaml, and
-    import_<split>.txt listing what could not be imported.
+    """Turn an annotation tool's export (COCO, LabelMe, CVAT) into a folder dataset.
+
+    Writes images/, masks/ of class indices (0 background, later annotations on top),
+    classes.yaml, and import_<split>.txt listing what could not be imported.
 
     Args:
         format: the export's format (also spelt --from): coco (a JSON of polygons and RLE),
@@ -774,7 +775,8 @@ def typed_words(parser: ArgumentParser, args: list[str]) -> list[str]:
             out.append("true")
         elif hint is not None and (items := _list_items(hint)) is not None:
             words = list(itertools.takewhile(lambda w: _fits(w, items), args[index:]))
-            if len(words) > 1:
+            one = len(words) == 1 and not words[0].startswith("[") and not _is_bool_word(words[0])
+            if len(words) > 1 or one:  # one bare word is a list of one (--classes car)
                 out.append(json.dumps([yaml.safe_load(word) for word in words]))
                 index += len(words)
     return out

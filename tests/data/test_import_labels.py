@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import random_image, write_rgb
+from jsonargparse import auto_parser
 from PIL import Image, ImageDraw
 from pycocotools import mask as coco_mask
 from scipy.ndimage import binary_dilation
 
-from atrous.cli import main
+from atrous.cli import COMMANDS, main, typed_words
 from atrous.data import DataConfig
 from atrous.data.check_data import check_data
 from atrous.data.folder import read_classes_file
@@ -296,3 +297,12 @@ def test_without_pycocotools_the_error_names_the_extra(coco_export, tmp_path, mo
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     with pytest.raises(AtrousError, match=r"pip install 'atrous\[labels\]'"):
         import_labels("coco", coco_export[0], tmp_path / "out")
+
+
+def test_one_class_word_is_a_list_of_one():
+    parser = auto_parser(COMMANDS)
+    words = ["import-labels", "--classes", "car", "--keep_empty", "--split", "val"]
+    assert typed_words(parser, words) == [
+        "import-labels", "--classes", '["car"]', "--keep_empty", "true", "--split", "val"
+    ]  # fmt: skip
+    assert typed_words(parser, ["import-labels", "--classes", "[car]"])[-1] == "[car]"
