@@ -21,7 +21,7 @@ from atrous.cli import COMMANDS, main, typed_words
 from atrous.data import DataConfig
 from atrous.data.check_data import check_data
 from atrous.data.folder import read_classes_file
-from atrous.data.io import read_mask
+from atrous.data.io import read_image, read_mask
 from atrous.data.labels import import_labels
 from atrous.errors import AtrousError, InputError, UsageError
 
@@ -306,3 +306,31 @@ def test_one_class_word_is_a_list_of_one():
         "import-labels", "--classes", '["car"]', "--keep_empty", "true", "--split", "val"
     ]  # fmt: skip
     assert typed_words(parser, ["import-labels", "--classes", "[car]"])[-1] == "[car]"
+
+
+def test_masks_of_exif_turned_photos_turn_with_them(tmp_path):
+    """A tool that drew on the stored pixels (its size is theirs) gets its mask turned as atrous
+    turns the photo; one that drew on the turned photo is taken as it is."""
+    rng = np.random.default_rng(3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored W×H, shown turned 90° clockwise: H×W
+    for name in ("raw.jpg", "shown.jpg"):
+        Image.fromarray(random_image(rng, H, W)).save(tmp_path / name, exif=exif)
+    blob = drawn("ellipse", [10, 5, 60, 30])  # on the stored pixels, H×W
+    shown = np.ascontiguousarray(np.rot90(blob, k=-1))  # on the photo as shown, W×H
+    images = [
+        {"id": 1, "file_name": "raw.jpg", "height": H, "width": W},
+        {"id": 2, "file_name": "shown.jpg", "height": W, "width": H},
+    ]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": rle(blob)},
+        {"id": 2, "image_id": 2, "category_id": 1, "iscrowd": 0, "segmentation": rle(shown)},
+    ]
+    data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert import_labels("coco", tmp_path / "c.json", out).written == 2
+    for stem in ("raw", "shown"):
+        np.testing.assert_array_equal(imported(out, stem), shown.astype(np.uint8))
+        assert read_image(out / "images" / "train" / f"{stem}.jpg").shape[:2] == (W, H)
+    assert passes_check_data(out)

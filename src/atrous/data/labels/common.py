@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from atrous.data.base import IGNORE_INDEX
 from atrous.data.folder import IMAGE_SUFFIXES, read_classes_file
@@ -139,15 +139,23 @@ def paint(sample: Sample, ids: dict[str, int], report: ImportReport) -> np.ndarr
     return mask if painted else None
 
 
-def stored_size(image: Path | bytes) -> tuple[int, int] | None:
-    """(height, width) of the image as atrous reads it (EXIF turns applied); None if unreadable."""
+def image_geometry(image: Path | bytes) -> tuple[tuple[int, int], int] | None:
+    """(height, width) of the stored pixels and the EXIF orientation (1: none); None if the
+    file cannot be read."""
     try:
         with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
             width, height = opened.size
-            turned = opened.getexif().get(0x0112) in TURNED
+            orientation = opened.getexif().get(0x0112, 1)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return None
-    return (width, height) if turned else (height, width)
+    return (height, width), orientation if orientation in range(1, 9) else 1
+
+
+def exif_turned(mask: np.ndarray, orientation: int) -> np.ndarray:
+    """``mask`` turned as EXIF ``orientation`` turns its image (as atrous reads images)."""
+    image = Image.fromarray(mask)
+    image.getexif()[0x0112] = orientation
+    return np.asarray(ImageOps.exif_transpose(image))
 
 
 def image_suffix(image: Path | bytes) -> str:
@@ -158,23 +166,29 @@ def image_suffix(image: Path | bytes) -> str:
         return "." + (opened.format or "png").lower().replace("jpeg", "jpg")
 
 
-def check_image(sample: Sample, report: ImportReport) -> bool:
-    """The image exists, is readable by atrous, and has the annotated size (else reported)."""
+def check_image(sample: Sample, report: ImportReport) -> int | None:
+    """The EXIF orientation to turn the sample's mask by (1: none), or None when the image is
+    missing, unreadable or of another size (reported). A tool that drew on the stored pixels
+    of an EXIF-turned photo (its size is theirs) gets its mask turned as atrous turns the photo."""
     if isinstance(sample.image, Path) and not sample.image.is_file():
         report.skip(sample.source, f"image file not found: {sample.image}")
-        return False
-    size = stored_size(sample.image)
-    if size is None or image_suffix(sample.image) not in IMAGE_SUFFIXES:
+        return None
+    geometry = image_geometry(sample.image)
+    if geometry is None or image_suffix(sample.image) not in IMAGE_SUFFIXES:
         report.skip(sample.source, "not an image file atrous reads")
-        return False
-    if size != sample.size:
-        report.skip(
-            sample.source,
-            f"image is {size[1]}×{size[0]} as read (EXIF rotation applied) but annotated "
-            f"{sample.size[1]}×{sample.size[0]}",
-        )
-        return False
-    return True
+        return None
+    stored, orientation = geometry
+    read = stored[::-1] if orientation in TURNED else stored
+    if sample.size == read:
+        return 1
+    if sample.size == stored:
+        return orientation
+    report.skip(
+        sample.source,
+        f"image is {read[1]}×{read[0]} as read (EXIF rotation applied) but annotated "
+        f"{sample.size[1]}×{sample.size[0]}",
+    )
+    return None
 
 
 def prepare_output(output: Path, split: str, names: tuple[str, ...]) -> tuple[Path, Path]:
@@ -220,7 +234,8 @@ def write_dataset(
         if sample.stem in stems:
             report.skip(sample.source, f"another image already has the name {sample.stem!r}")
             continue
-        if not check_image(sample, report):
+        orientation = check_image(sample, report)
+        if orientation is None:
             continue
         mask = paint(sample, ids, report)
         if mask is None and not keep_empty:
@@ -233,6 +248,7 @@ def write_dataset(
         else:
             target.write_bytes(sample.image)
         mask = np.zeros(sample.size, np.uint8) if mask is None else mask
+        mask = exif_turned(mask, orientation) if orientation != 1 else mask
         palette_image(mask, voc_palette(256)).save(masks / f"{sample.stem}.png")
         report.written += 1
     report.write()
