@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import sys
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from atrous.data import DataConfig
 from atrous.data.check_data import check_data
 from atrous.data.folder import read_classes_file
 from atrous.data.io import read_image, read_mask
-from atrous.data.labels import import_labels
+from atrous.data.labels import cvat, import_labels, labelme
 from atrous.errors import AtrousError, InputError, UsageError
 
 H, W = 72, 96
@@ -334,3 +335,23 @@ def test_masks_of_exif_turned_photos_turn_with_them(tmp_path):
         np.testing.assert_array_equal(imported(out, stem), shown.astype(np.uint8))
         assert read_image(out / "images" / "train" / f"{stem}.jpg").shape[:2] == (W, H)
     assert passes_check_data(out)
+
+
+def test_cvat_rotated_boxes_and_ellipses_and_labelme_masks():
+    box = ElementTree.fromstring('<box xtl="10" ytl="20" xbr="50" ybr="30" rotation="90"/>')
+    expected = np.zeros((H, W), bool)
+    expected[5:45, 25:35] = True  # 40×10 about its centre (30, 25), turned a quarter
+    np.testing.assert_array_equal(cvat.shape_mask(box, H, W), expected)
+    ellipse = ElementTree.fromstring('<ellipse cx="40" cy="30" rx="20" ry="12"/>')
+    reference = drawn("ellipse", [20, 18, 60, 42])
+    found = cvat.shape_mask(ellipse, H, W)
+    assert (found != reference).mean() < 0.02 and found[30, 40] and not found[5, 5]
+    patch = np.zeros((10, 12), np.uint8)
+    patch[2:8, 3:11] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(patch).save(buffer, format="PNG")
+    shape = labelme_shape("x", [(50, 40), (61, 49)], "mask")
+    shape["mask"] = base64.b64encode(buffer.getvalue()).decode()
+    expected = np.zeros((H, W), bool)
+    expected[42:48, 53:61] = True
+    np.testing.assert_array_equal(labelme.shape_mask(shape, H, W), expected)
