@@ -401,7 +401,8 @@ def predict(
     videos (.mp4, .mov, .mkv, …): the overlaid video <stem>.mp4.
 
     Args:
-        inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied).
+        inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied),
+            and video files.
         model: a saved model folder, a training checkpoint (.pt), an exported .onnx file or a
             published checkpoint (tf:xception65_coco_voc_trainaug; atrous models --pretrained)
             (default: the model the last `atrous demo` saved).
