@@ -16,7 +16,7 @@ from atrous.data.visualize import overlay
 from atrous.errors import AtrousError
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import Segmenter
-from atrous.inference.video import predict_video
+from atrous.inference.video import Encoder, predict_video
 from atrous.models.zoo import create_model
 
 FRAMES, WIDTH, HEIGHT, RATE = 12, 64, 48, Fraction(15)
@@ -108,6 +108,22 @@ def test_predict_command_writes_the_video_and_reports_frames_per_second(tmp_path
     assert "5 frames of 50×38 at 23.976 frames/s" in out and "segmented at" in out
     count, width, height, rate, _ = stream_facts(tmp_path / "out" / "odd.mp4")
     assert (count, width, height, rate) == (5, 50, 38, Fraction(24000, 1001))
+
+
+def test_a_clip_longer_than_the_encoders_lookahead_keeps_its_timing(tmp_path):
+    """Past ~40 frames H.264 hands out packets while frames still go in, and the muxer changes
+    the stream's time base: every frame must still land in its own slot."""
+    frames = write_clip(tmp_path / "long.mp4", frames=60)
+    with av.open(str(tmp_path / "long.mp4")) as container:
+        encoder = Encoder(tmp_path / "copy.mp4", container.streams.video[0])
+        for frame in container.decode(video=0):
+            encoder.write(frame.to_ndarray(format="rgb24"), frame.pts)
+        encoder.close()
+    count, width, height, rate, times = stream_facts(tmp_path / "copy.mp4")
+    assert (count, width, height, rate) == (60, WIDTH, HEIGHT, RATE)
+    assert times == pytest.approx(stream_facts(tmp_path / "long.mp4")[4])
+    copied = decoded(tmp_path / "copy.mp4")
+    assert np.abs(copied[59].astype(float) - frames[59]).mean() < 4
 
 
 def test_a_file_that_is_not_a_video_is_one_clear_error(segmenter, tmp_path):

@@ -148,7 +148,9 @@ class Encoder:
         self.stream.height = source.codec_context.height
         even = self.stream.width % 2 == 0 and self.stream.height % 2 == 0
         self.stream.pix_fmt = "yuv420p" if even else "yuv444p"  # 4:2:0 needs even sides
-        self.stream.time_base = 1 / self.rate
+        # Fixed here: the muxer replaces the stream's time base once the first packet is out.
+        self.time_base = Fraction(1) / self.rate
+        self.stream.time_base = self.time_base
         self.source_time_base = source.time_base
         self.frames = 0
         self.last = -1
@@ -160,7 +162,7 @@ class Encoder:
         slot = self.last + 1
         if pts is not None and self.source_time_base is not None:
             slot = max(slot, round(pts * self.source_time_base * self.rate))
-        frame.pts, frame.time_base, self.last = slot, self.stream.time_base, slot
+        frame.pts, frame.time_base, self.last = slot, self.time_base, slot
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
 
