@@ -43,6 +43,15 @@ def not_an_image(tmp: Path) -> None:
     (tmp / "notes.png").write_text("not an image")
 
 
+def fake_video(tmp: Path) -> None:
+    (tmp / "fake.mp4").write_text("not a video")
+
+
+def labelme_json(tmp: Path) -> None:
+    """A LabelMe file, for ``import-labels --from coco``."""
+    (tmp / "labelme.json").write_text('{"shapes": [], "imagePath": "a.png"}')
+
+
 def garbage_files(tmp: Path) -> None:
     """A .pt, .onnx and .pth of bytes that are no model."""
     for name in ("garbage.pt", "garbage.onnx", "garbage.pth"):
@@ -262,6 +271,33 @@ CASES = {
     ),
     "predict int8 without fast": Case(
         ["predict", "{image}", "--model", "{model}", "--precision", "int8"], "--fast", 2
+    ),
+    "predict not a video": Case(
+        ["predict", "{tmp}/fake.mp4", "--model", "{model}", "--output_dir", "{tmp}/out"],
+        "fake.mp4",
+        make=fake_video,
+    ),
+    # import-labels
+    "import-labels wrong format": Case(
+        [
+            "import-labels",
+            "--from",
+            "coco",
+            "--source",
+            "{tmp}/labelme.json",
+            "--output",
+            "{tmp}/o",
+        ],
+        "labelme.json",
+        make=labelme_json,
+    ),
+    "import-labels format word": Case(
+        ["import-labels", "--from", "yolo", "--source", "{tmp}", "--output", "{tmp}/o"], "yolo", 2
+    ),
+    "import-labels no source": Case(
+        ["import-labels", "--from", "cvat", "--source", "{tmp}/none.xml", "--output", "{tmp}/o"],
+        "none.xml",
+        2,
     ),
     "predict no such GPU": Case(
         ["predict", "{image}", "--model", "{model}", "--device", "cuda:99"], "cuda:99", 2

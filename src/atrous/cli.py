@@ -29,6 +29,7 @@ from rich.table import Table
 
 from atrous.apps.demo import run_demo
 from atrous.apps.evaluate import evaluate_model
+from atrous.apps.predict import PredictInputs, PredictOutputs, PredictSummary, predict_inputs
 from atrous.apps.serve import MAX_UPLOAD_MB, launch
 from atrous.convert.dispatch import convert_source
 from atrous.data import (
@@ -39,6 +40,8 @@ from atrous.data.balance import inverse_log_weights, median_frequency_weights
 from atrous.data.check_data import check_data as run_check_data
 from atrous.data.check_data import data_options, fixed_options
 from atrous.data.checks import DataReport, LabelProblem
+from atrous.data.labels import LabelFormat
+from atrous.data.labels import import_labels as run_import_labels
 from atrous.errors import (
     REPORT_TO,
     AtrousError,
@@ -55,15 +58,7 @@ from atrous.hub.registry import (
     published_table,
 )
 from atrous.inference.pipeline import PipelineConfig
-from atrous.inference.predict import (
-    DEMO_MODEL,
-    calibration_images,
-    expand_inputs,
-    fast_segmenter,
-    predict_files,
-)
-from atrous.inference.raster import predict_rasters, split_rasters
-from atrous.inference.regions import MAPS
+from atrous.inference.predict import DEMO_MODEL, fast_segmenter
 from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
@@ -395,14 +390,17 @@ def predict(
     pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
     save_confidence: bool = False,
     save_entropy: bool = False,
+    save_masks: bool = False,
 ) -> int:
     """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/;
-    rasters (GeoTIFF, any band count) window by window to GeoTIFF masks (<stem>.tif).
+    rasters (GeoTIFF, any band count) window by window to GeoTIFF masks (<stem>.tif); videos
+    (.mp4, .mov, .mkv, …): the overlaid video <stem>.mp4.
 
     Args:
         inputs: image files, folders and glob patterns (any image mode; EXIF rotation applied);
             georeferenced TIFFs, GDAL formats, and any TIFF for a model of other than 3 bands
-            are rasters (needs atrous[geo]; windows: --inference.window, default 512).
+            are rasters (needs atrous[geo]; windows: --inference.window, default 512); video
+            files (needs atrous[video]).
         model: a saved model folder, a training checkpoint (.pt), an exported .onnx file or a
             published checkpoint (tf:xception65_coco_voc_trainaug; atrous models --pretrained)
             (default: the model the last `atrous demo` saved).
@@ -414,34 +412,43 @@ def predict(
         figures: also write image | overlay | labels side by side.
         progress: show a progress bar.
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
-            calibrates on the first 8 input images.
-        pipeline: images per forward pass (of one size), decoding processes, writing threads.
+            calibrates on the first 8 input images (or a video's first frames).
+        pipeline: images (video frames) per forward pass, decoding processes, writing threads.
         save_confidence: also write each pixel's probability of its class (the maximum), from
-            the probabilities the mask comes from, as float16 confidence/<stem>.npy.
+            the probabilities the mask comes from, as float16 confidence/<stem>.npy (rasters:
+            a float32 GeoTIFF confidence/<stem>.tif).
         save_entropy: also write each pixel's entropy of the class probabilities (nats, 0 to
-            log C) as float16 entropy/<stem>.npy.
+            log C) as float16 entropy/<stem>.npy (rasters: entropy/<stem>.tif).
+        save_masks: videos: also write each frame's mask (masks/<stem>/<frame>.png).
     """
     if precision == "int8" and not fast:
         raise UsageError("--precision int8 needs --fast true")
-    files = expand_inputs(inputs)  # no image to segment: said before the model loads
+    found = PredictInputs.find(inputs)  # no image to segment: said before the model loads
     segmenter = load_segmenter(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
-    rasters, pictures = split_rasters(files, len(segmenter.mean))
     if fast:
-        segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
-    maps = [
-        name for name, wanted in zip(MAPS, (save_confidence, save_entropy), strict=True) if wanted
-    ]
-    report = predict_rasters(segmenter, rasters, output_dir, progress, maps)
-    if pictures:
-        more = predict_files(
-            segmenter, pictures, output_dir, overlays, figures, progress, pipeline, maps
+        segmenter = fast_segmenter(segmenter, precision, found.calibration())
+    maps = (("confidence",) if save_confidence else ()) + (("entropy",) if save_entropy else ())
+    outputs = PredictOutputs(overlays, figures, maps, save_masks)
+    summary = predict_inputs(segmenter, found, output_dir, outputs, progress, pipeline)
+    return _print_predicted(summary, output_dir)
+
+
+def _print_predicted(summary: PredictSummary, output_dir: str) -> int:
+    """Each video's size, rate and speed, the images segmented and each failure; the exit
+    code (1 when any input failed)."""
+    for video in summary.videos:
+        console.print(
+            f"{video.video.stem}: {video.frames} frames of {video.size[1]}×{video.size[0]} at "
+            f"{float(video.rate or 0):g} frames/s, segmented at "
+            f"{video.frames_per_second:.1f} frames/s; written {video.video}",
+            markup=False,
+            soft_wrap=True,
         )
-        report.written += more.written
-        report.failed += more.failed
-        report.segmented += more.segmented
-    console.print(f"{report.segmented} images segmented; results in {output_dir}")
+    report = summary.report
+    if report.segmented or report.failed or not summary.videos:
+        console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
         errors.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
     return 1 if report.failed else 0
@@ -526,6 +533,53 @@ def convert_weights(
         console.print(result.report, soft_wrap=True)
 
 
+def import_labels(
+    *,
+    format: LabelFormat,
+    source: str,
+    output: str,
+    images: str | None = None,
+    split: str = "train",
+    classes: list[str] | None = None,
+    crowd: Literal["ignore", "class"] = "ignore",
+    keep_empty: bool = False,
+) -> None:
+    """Turn an annotation tool's export (COCO, LabelMe, CVAT) into a folder dataset.
+
+    Writes images/, masks/ of class indices (0 background, later annotations on top),
+    classes.yaml, and import_<split>.txt listing what could not be imported.
+
+    Args:
+        format: the export's format (also spelt --from): coco (a JSON of polygons and RLE),
+            labelme (a folder of its JSON files), cvat (annotations.xml, CVAT for images 1.1).
+        source: the COCO JSON, the LabelMe folder (or one file), the CVAT XML.
+        output: the dataset folder to write (new, or holding other splits of the same classes).
+        images: where the image files are (default: COCO the JSON's folder, LabelMe beside
+            each JSON or embedded, CVAT images/ beside the XML).
+        split: the split folder to write (train, val, …); "" for none.
+        classes: the class names in order after background (default: the export's order;
+            LabelMe: sorted); annotations of other labels are skipped and listed.
+        crowd: COCO iscrowd regions: ignore (label 255 where no other annotation lies) or class.
+        keep_empty: write images without any region as all background (default: skip them).
+    """
+    report = run_import_labels(format, source, output, images, split, classes, crowd, keep_empty)
+    folder = Path(output)
+    console.print(
+        f"{report.written} images imported into {folder} ({len(report.classes)} classes with "
+        f"the background, {report.regions} regions painted)",
+        markup=False,
+        soft_wrap=True,
+    )
+    for why, count in report.reasons():
+        errors.print(f"skipped {count}: {why}", style="yellow", markup=False, soft_wrap=True)
+    console.print(f"report: {report.report_file}", markup=False, soft_wrap=True)
+    if report.written == 0:
+        raise AtrousError(f"nothing imported from {source}; {report.report_file} says why")
+    check = ["atrous", "check-data", "--data.dataset", "folder", "--data.root", str(folder)]
+    check += ["--data.train_split", split or '""'] if split != "train" else []
+    console.print(f"next: {' '.join(check)}", markup=False, soft_wrap=True)
+
+
 def serve(
     model: str = DEMO_MODEL,
     host: str = "127.0.0.1",
@@ -566,6 +620,16 @@ def gather_paths(args: list[str]) -> list[str]:
     return [rest[0], json.dumps(paths), *rest[1:]] if paths else rest
 
 
+def from_word(args: list[str]) -> list[str]:
+    """Let ``atrous import-labels --from coco`` name the format (``from`` is a Python keyword)."""
+    if not args or args[0] != "import-labels":
+        return args
+    return [
+        "--format" if a == "--from" else "--format=" + a[7:] if a.startswith("--from=") else a
+        for a in args
+    ]
+
+
 def serve_model_word(args: list[str]) -> list[str]:
     """Let ``atrous serve MODEL`` name the model without ``--model``."""
     if len(args) > 1 and args[0] == "serve" and not args[1].startswith("-"):
@@ -582,6 +646,7 @@ COMMANDS = {
     "convert": convert_weights,
     "serve": serve,
     "check-data": check_data,
+    "import-labels": import_labels,
     "models": models,
     "profile": profile,
 }
@@ -594,7 +659,8 @@ def main(args: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("ATROUS_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     try:
-        args = serve_model_word(gather_paths(typed_words(auto_parser(COMMANDS), args)))
+        args = typed_words(auto_parser(COMMANDS), from_word(args))
+        args = serve_model_word(gather_paths(args))
         check_config_files(args)
         Parser.command = args[0] if args and not args[0].startswith("-") else ""
         status = CLI(COMMANDS, args=args, parser_class=Parser, prog="atrous")
@@ -702,7 +768,8 @@ def typed_words(parser: ArgumentParser, args: list[str]) -> list[str]:
             out.append("true")
         elif hint is not None and (items := _list_items(hint)) is not None:
             words = list(itertools.takewhile(lambda w: _fits(w, items), args[index:]))
-            if len(words) > 1:
+            one = len(words) == 1 and not words[0].startswith("[") and not _is_bool_word(words[0])
+            if len(words) > 1 or one:  # one bare word is a list of one (--classes car)
                 out.append(json.dumps([yaml.safe_load(word) for word in words]))
                 index += len(words)
     return out

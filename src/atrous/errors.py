@@ -16,7 +16,14 @@ from pathlib import Path
 REPORT_TO = "the atrous issue tracker"
 
 #: Extras of ``pip install 'atrous[extra]'`` by the module they provide.
-EXTRAS = {"gradio": "serve", "mlflow": "mlflow", "rasterio": "geo", "timm": "timm"}
+EXTRAS = {
+    "av": "video",
+    "gradio": "serve",
+    "mlflow": "mlflow",
+    "pycocotools": "labels",
+    "rasterio": "geo",
+    "timm": "timm",
+}
 
 
 class AtrousError(Exception):
