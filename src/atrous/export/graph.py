@@ -11,6 +11,7 @@ instead (1 for batch and channels, output ÷ input for height and width), so the
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,3 +96,16 @@ def op_types(proto: Any) -> Counter[str]:
         f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
         for node in proto.graph.node
     )
+
+
+def copy_metadata(source: str | Path, target: str | Path) -> None:
+    """Give the ONNX file ``target`` the metadata entries of ``source`` it lacks (a rewrite such
+    as quantisation may drop the model description)."""
+    import onnx
+
+    source_proto, target_proto = onnx.load(str(source)), onnx.load(str(target))
+    present = {entry.key for entry in target_proto.metadata_props}
+    missing = [entry for entry in source_proto.metadata_props if entry.key not in present]
+    if missing:
+        target_proto.metadata_props.extend(missing)
+        onnx.save(target_proto, str(target))

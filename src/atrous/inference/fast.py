@@ -59,6 +59,7 @@ from atrous.export.onnx import (
     require_agreement,
     rounding_tolerance,
 )
+from atrous.export.quantize import quantize_qdq
 from atrous.models.config import input_channels
 from atrous.runtime.precision import autocast
 
@@ -276,35 +277,7 @@ def quantize_onnx(
 ) -> Path:
     """Static int8 QDQ quantisation of an fp32 ONNX file: per-channel int8 weights, uint8
     activations with ranges (min/max) observed on ``calibration`` (normalised image batches)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch.numpy()}
-
-    prepared = target.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(target),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    prepared.unlink()
-    return target
+    return quantize_qdq(source, target, calibration, input_name)
 
 
 def _example_batch(
