@@ -210,21 +210,29 @@ def export_tensorrt(
 def _int8_graph(
     model: nn.Module, source: Path, target: Path, batches: Sequence[torch.Tensor]
 ) -> LogitAgreement:
-    """Quantise ``source`` into ``target`` (int8 symmetric QDQ) and return its worst agreement
-    with the eager model on ``batches``; ExportCheckError beyond :data:`INT8_TOLERANCE`."""
+    """Quantise ``source`` into ``target`` (int8 symmetric QDQ, the model description kept)
+    and check it on ``batches`` (:func:`check_int8`); a failed graph is not left at ``target``."""
     scratch = target.with_name(f".{target.name}.{os.getpid()}.onnx")
     try:
         quantize_qdq(source, scratch, batches, symmetric=True)
         copy_metadata(source, scratch)
-        network = OnnxNetwork(scratch)
-        worst = None
-        for batch in batches:
-            with torch.no_grad():
-                agreement = compare_logits(network(batch), model(batch))
-            if worst is None or agreement.relative_diff > worst.relative_diff:
-                worst = agreement
-        require_agreement(worst, INT8_TOLERANCE, "the int8 graph on the calibration images")
+        agreement = check_int8(model, scratch, batches)
         os.replace(scratch, target)
     finally:
         scratch.unlink(missing_ok=True)
+    return agreement
+
+
+def check_int8(
+    model: nn.Module, path: str | Path, batches: Sequence[torch.Tensor]
+) -> LogitAgreement:
+    """The int8 graph's worst agreement with the eager fp32 ``model`` on ``batches``;
+    ExportCheckError beyond :data:`INT8_TOLERANCE` of the logits' scale."""
+    network, worst = OnnxNetwork(path), None
+    for batch in batches:
+        with torch.no_grad():
+            agreement = compare_logits(network(batch), model(batch))
+        if worst is None or agreement.relative_diff > worst.relative_diff:
+            worst = agreement
+    require_agreement(worst, INT8_TOLERANCE, "the int8 graph on the calibration images")
     return worst
