@@ -63,6 +63,7 @@ from atrous.inference.predict import (
     fast_segmenter,
     predict_files,
 )
+from atrous.inference.runtimes import runtime_backend
 from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
@@ -73,6 +74,9 @@ from atrous.training.loop import TrainingPreempted
 from atrous.training.loop import train as run_training
 from atrous.training.losses import LossConfig
 from atrous.training.overfit import OverfitFailed, overfit_check
+
+#: ``--runtime``: auto measures the installed runtimes (atrous.inference.runtimes).
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino", "tflite"]
 
 console = Console()
 errors = Console(stderr=True)  # failures: one line each on stderr
@@ -284,6 +288,7 @@ def evaluate(
     progress: bool = True,
     fast: bool = False,
     pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+    runtime: Runtime | None = None,
 ) -> None:
     """Score a model on a dataset: per-class IoU table, summary, JSON file; works under torchrun.
 
@@ -305,6 +310,8 @@ def evaluate(
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the split's first 8 images.
         pipeline: images per forward pass (of one size) and decoding processes.
+        runtime: run fp32 on this runtime (implies --fast): auto measures the installed ones on
+            the first image's size and takes the fastest that passes the fp32 check.
     """
     report = evaluate_model(
         model,
@@ -321,8 +328,11 @@ def evaluate(
         progress,
         fast,
         pipeline,
+        runtime,
     )
     if report is not None:  # rank 0 of a torchrun job prints
+        if report.record.get("runtime") and runtime is not None:
+            console.print(report.record["runtime"], soft_wrap=True)
         print_evaluation(report)
 
 
@@ -391,6 +401,7 @@ def predict(
     progress: bool = True,
     fast: bool = False,
     pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+    runtime: Runtime | None = None,
 ) -> int:
     """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/.
 
@@ -409,7 +420,10 @@ def predict(
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the first 8 input images.
         pipeline: images per forward pass (of one size), decoding processes, writing threads.
+        runtime: run fp32 on this runtime (implies --fast): auto measures the installed ones on
+            the first image's size and takes the fastest that passes the fp32 check.
     """
+    fast = fast or runtime is not None
     if precision == "int8" and not fast:
         raise UsageError("--precision int8 needs --fast true")
     expand_inputs(inputs)  # no image to segment: said before the model loads
@@ -417,7 +431,11 @@ def predict(
         model, inference, "fp32" if fast else precision, resolve_device(device)
     )
     if fast:
-        segmenter = fast_segmenter(segmenter, precision, calibration_images(inputs))
+        images = calibration_images(inputs)
+        segmenter = fast_segmenter(segmenter, precision, images, runtime_backend(runtime))
+        if runtime is not None:
+            report = segmenter.network.report
+            console.print(report.choice or f"runtime: {report.backend}", soft_wrap=True)
     report = predict_files(segmenter, inputs, output_dir, overlays, figures, progress, pipeline)
     console.print(f"{report.segmented} images segmented; results in {output_dir}")
     for _, message in report.failed:
