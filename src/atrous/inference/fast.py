@@ -367,7 +367,10 @@ def optimize_for_inference(
             the fast network is checked on it (compiled backends compile for its size; fp32 on
             ONNX Runtime adds a graph fixed to its size, which runs faster at that size).
         precision: fp32, bf16, fp16 (CUDA) or int8 (CPU, ONNX Runtime).
-        backend: auto (see the module doc), torch, compile or onnxruntime.
+        backend: auto (the rule in the module doc), fastest (fp32 on the CPU: the installed
+            runtimes that pass the fp32 check, measured on ``example``'s size; ``--runtime
+            auto``, :mod:`atrous.inference.runtimes`), torch, compile, onnxruntime, or another
+            registered runtime by name.
         calibration: int8 only: a few of the user's images, (H, W, 3) uint8 RGB arrays or
             normalised tensors, from which activation ranges are set.
         tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted, as a share
