@@ -9,8 +9,9 @@ line beside the built-in ones in :mod:`atrous.inference.fast`::
     register_runtime("openvino", "openvino", openvino_network)
 
 :func:`fastest` builds each installed runtime, holds it to the fp32 agreement check (a runtime
-that fails it is never chosen), times a few calls at the example's size after a warm-up and
-keeps the fastest; the choice is cached per model and size for the life of the process.
+that fails it is never chosen), times a few calls at the example's size after a warm-up (the
+runtimes taking turns) and keeps the fastest; the choice is cached per model and size for the
+life of the process.
 """
 
 from __future__ import annotations
@@ -102,14 +103,18 @@ class RuntimeChoice:
         return f"runtime auto: {self.name} at {height}×{width} ({timed}{refused})"
 
 
-def _median_ms(network: Network, batch: torch.Tensor, rounds: int) -> float:
-    network(batch)  # warm-up
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+def _interleaved_ms(networks: dict[str, Network], batch: torch.Tensor, rounds: int) -> dict:
+    """Median milliseconds per call of each network on ``batch`` after one warm-up call each,
+    the networks taking turns round by round (a drift of the machine hits them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in networks}
+    for network in networks.values():
         network(batch)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    for _ in range(rounds):
+        for name, network in networks.items():
+            start = time.perf_counter()
+            network(batch)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 def fastest(
@@ -128,7 +133,7 @@ def fastest(
     cached = _CHOICES.get(model, {}).get(size)
     names = [cached.name] if cached else [n for n in RUNTIMES if installed(n)]
     networks: dict[str, Network] = {}
-    milliseconds, refused = {}, {}
+    refused: dict[str, str] = {}
     for name in names:
         try:
             network = RUNTIMES[name].build(folded, size, workdir / name)
@@ -138,12 +143,11 @@ def fastest(
             refused[name] = str(error).splitlines()[0][:200]
             continue
         networks[name] = network
-        if cached is None:
-            milliseconds[name] = _median_ms(network, batch, rounds)
     if not networks:
         raise ExportCheckError(f"no runtime passed the fp32 check: {refused}")
     if cached is not None:
         return networks[cached.name], cached
+    milliseconds = _interleaved_ms(networks, batch, rounds)
     choice = RuntimeChoice(min(milliseconds, key=milliseconds.get), size, milliseconds, refused)
     _CHOICES.setdefault(model, {})[size] = choice
     return networks[choice.name], choice
