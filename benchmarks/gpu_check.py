@@ -172,15 +172,6 @@ def inference_jobs(
         )
 
     not_inductor = f"optimize_for_inference compiles with inductor; --compile_backend {backend}"
-    no_tensorrt = gpu_tensorrt.unavailable()
-    if no_tensorrt is None and device.type != "cuda":
-        no_tensorrt = "TensorRT runs on a CUDA device"
-
-    def engine(precision: str) -> Callable[[], harness.Runner]:
-        return lambda: gpu_tensorrt.tensorrt_runner(
-            model, network.size, network.batch_size, precision
-        )
-
     return [
         job("atrous", "eager fp32", lambda: harness.eager(model, device)),
         *[
@@ -195,8 +186,8 @@ def inference_jobs(
             skip=None if backend == "inductor" else not_inductor,
         ),
         *[
-            job("atrous", f"TensorRT engine {p}", engine(p), skip=no_tensorrt)
-            for p in gpu_tensorrt.PRECISIONS
+            job("atrous", f"TensorRT engine {p}", build, skip=gpu_tensorrt.unavailable(device))
+            for p, build in gpu_tensorrt.builders(model, network.size, network.batch_size)
         ],
         job("smp", "eager fp32", lambda: harness.eager(peer, device)),
         job(

@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +24,19 @@ from atrous.export.tensorrt import export_tensorrt
 PRECISIONS = {"fp32": (None, "fp32"), "fp16": ("FP16", "fp32"), "int8": ("INT8", "int8")}
 
 
-def unavailable() -> str | None:
-    """Why TensorRT rows cannot run here, or None."""
+def unavailable(device: torch.device) -> str | None:
+    """Why TensorRT rows cannot run on ``device``, or None."""
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT: the tensorrt package is not installed (pip install tensorrt)"
+    if device.type != "cuda":
+        return "TensorRT runs on a CUDA device"
     return None
+
+
+def builders(model: atrous.DeepLab, size: int, batch_size: int) -> list[tuple[str, Any]]:
+    """Each precision's row build step: :func:`tensorrt_runner` of these arguments, when
+    called."""
+    return [(p, lambda p=p: tensorrt_runner(model, size, batch_size, p)) for p in PRECISIONS]
 
 
 def _build_engine(path: Path, size: int, batch_size: int, flag: str | None):

@@ -331,8 +331,6 @@ def evaluate(
         runtime,
     )
     if report is not None:  # rank 0 of a torchrun job prints
-        if report.record.get("runtime") and runtime is not None:
-            console.print(report.record["runtime"], soft_wrap=True)
         print_evaluation(report)
 
 
@@ -355,6 +353,8 @@ def print_evaluation(report: EvaluationReport) -> None:
             f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
             soft_wrap=True,
         )
+    if str(record.get("runtime") or "").startswith("runtime auto"):
+        console.print(record["runtime"], soft_wrap=True)
     for width, band in report.trimap.items():
         console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
     for path in (report.path, report.heatmap):
