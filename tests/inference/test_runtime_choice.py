@@ -6,6 +6,7 @@ win, that the choice and the timings are reported and cached, and that a runtime
 run here is one clear error."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -129,3 +130,12 @@ def test_predict_runtime_auto_prints_its_choice(tiny_run, tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("runtime auto"))
     assert "torch" in line and "onnxruntime" in line and "refused" not in line
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_eval_runtime_by_name_runs_fast_and_records_it(tiny_run, tmp_path):
+    output = tmp_path / "eval.json"
+    args = ["eval", "--model", str(tiny_run / "best.pt"), "--progress", "false"]
+    assert main([*args, "--runtime", "torch", "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert record["runtime"] == "torch" and record["fast"] is True
