@@ -466,7 +466,8 @@ def export(
             model's own fp32 rounding, at least 1e-4 of the logits' scale).
         precision: tensorrt: fp32 or int8 (needs --calibration).
         calibration: tensorrt int8: a folder of a few images like those to come (first 8 used).
-        size: tensorrt: fix the input to HEIGHT WIDTH (no Shape nodes); default any size.
+        size: onnx, tensorrt: fix the input to HEIGHT WIDTH (batch stays free; no Shape nodes);
+            default any size.
     """
     require_writable(output, "--output")
     segmenter = load_segmenter(model)
@@ -486,7 +487,13 @@ def export(
         )
     else:
         report = export_onnx(
-            segmenter.network, output, segmenter.class_names, segmenter.palette, opset, check
+            segmenter.network,
+            output,
+            segmenter.class_names,
+            segmenter.palette,
+            opset,
+            check,
+            size=size,
         )
     console.print(f"written: {report.path}")
     for (height, width), agreement in report.agreement.items():
@@ -494,7 +501,8 @@ def export(
             f"ONNX Runtime vs eager at {height}×{width}: {agreement.describe()}", soft_wrap=True
         )
     if getattr(report, "int8_agreement", None) is not None:
-        console.print(f"int8 on the calibration images: {report.int8_agreement.describe()}")
+        line = f"int8 on the calibration images: {report.int8_agreement.describe()}"
+        console.print(line, soft_wrap=True)
 
 
 def convert_weights(
