@@ -43,7 +43,6 @@ def only_torch_and(monkeypatch):
     return install
 
 
-@pytest.mark.slow
 def test_auto_never_chooses_a_runtime_that_fails_the_check(model, only_torch_and):
     """A runtime that answers instantly with wrong logits is refused; the choice is cached per
     model and size (the second network is built from the cached choice alone)."""
@@ -67,7 +66,6 @@ def test_auto_never_chooses_a_runtime_that_fails_the_check(model, only_torch_and
     assert builds == [SIZE, (49, 49)]
 
 
-@pytest.mark.slow
 def test_auto_picks_the_fastest_correct_runtime(model, only_torch_and):
     """A correct runtime that is slower than torch loses; timings are in the line."""
 
