@@ -11,9 +11,11 @@ compiles) is timed apart from the steady steps that follow ``--warmup`` more; im
 peak memory (weights, gradients, optimizer state and activations) and the loss, a run whose loss
 is not finite being reported as failed.
 
-Inference: atrous eager, ``atrous.optimize_for_inference`` at fp32, bf16 and fp16, and smp's
-network eager and compiled: latency at batch 1, images/s at the training batch, peak memory of
-one batch above the level before it, logits against a float64 reference (eager fp32 included:
+Inference: atrous eager, ``atrous.optimize_for_inference`` at fp32, bf16 and fp16, TensorRT
+engines of ``atrous export --format tensorrt`` at fp32, fp16 and int8 (``gpu_tensorrt.py``;
+skipped, saying so, without the ``tensorrt`` package), and smp's network eager and compiled:
+latency at batch 1, images/s at the training batch, peak memory of one batch above the level
+before it, logits against a float64 reference (eager fp32 included:
 its difference is fp32's own rounding, or TF32's on a GPU).
 
 The default network is DeepLabV3+ ResNet-101 OS16, built as smp's ``DeepLabV3Plus`` (random
@@ -42,6 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import gpu_tensorrt
 import harness
 import torch
 from gpu_measure import (
@@ -182,6 +185,10 @@ def inference_jobs(
             compiles=True,
             skip=None if backend == "inductor" else not_inductor,
         ),
+        *[
+            job("atrous", f"TensorRT engine {p}", build, skip=gpu_tensorrt.unavailable(device))
+            for p, build in gpu_tensorrt.builders(model, network.size, network.batch_size)
+        ],
         job("smp", "eager fp32", lambda: harness.eager(peer, device)),
         job(
             "smp",

@@ -29,7 +29,13 @@ from rich.table import Table
 
 from atrous.apps.demo import run_demo
 from atrous.apps.evaluate import evaluate_model
-from atrous.apps.predict import PredictInputs, PredictOutputs, PredictSummary, predict_inputs
+from atrous.apps.predict import (
+    PredictInputs,
+    PredictOutputs,
+    PredictSummary,
+    load_predictor,
+    predict_inputs,
+)
 from atrous.apps.serve import MAX_UPLOAD_MB, launch
 from atrous.convert.dispatch import convert_source
 from atrous.data import (
@@ -53,22 +59,25 @@ from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.protocols import ATROUS, ProtocolName
 from atrous.evaluation.report import EvaluationReport
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
+from atrous.export.tensorrt import calibration_folder, export_tensorrt
 from atrous.hub.load import load_segmenter
 from atrous.hub.registry import (
     published_table,
 )
 from atrous.inference.pipeline import PipelineConfig
-from atrous.inference.predict import DEMO_MODEL, fast_segmenter
+from atrous.inference.predict import DEMO_MODEL
 from atrous.inference.strategies import InferenceConfig, describe_inference
 from atrous.models.config import ModelConfig
 from atrous.models.profile import profile_model
 from atrous.models.zoo import create_model, get_config, list_models
-from atrous.runtime.distributed import resolve_device
 from atrous.training.config import OptimConfig, RunConfig, TrainConfig
 from atrous.training.loop import TrainingPreempted
 from atrous.training.loop import train as run_training
 from atrous.training.losses import LossConfig
 from atrous.training.overfit import OverfitFailed, overfit_check
+
+#: ``--runtime``: auto measures the installed runtimes (atrous.inference.runtimes).
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino", "tflite"]
 
 console = Console()
 errors = Console(stderr=True)  # failures: one line each on stderr
@@ -281,6 +290,7 @@ def evaluate(
     progress: bool = True,
     fast: bool = False,
     pipeline: PipelineConfig = PipelineConfig(),  # noqa: B008
+    runtime: Runtime | None = None,
 ) -> None:
     """Score a model on a dataset: per-class IoU table, summary, JSON file; works under torchrun.
 
@@ -302,6 +312,8 @@ def evaluate(
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the split's first 8 images.
         pipeline: images per forward pass (of one size) and decoding processes.
+        runtime: run fp32 on this runtime (implies --fast): auto measures the installed ones on
+            the first image's size and takes the fastest that passes the fp32 check.
     """
     report = evaluate_model(
         model,
@@ -318,6 +330,7 @@ def evaluate(
         progress,
         fast,
         pipeline,
+        runtime,
     )
     if report is not None:  # rank 0 of a torchrun job prints
         print_evaluation(report)
@@ -342,6 +355,8 @@ def print_evaluation(report: EvaluationReport) -> None:
             f"({published.protocol.describe()}); measured here: {_percent(scores.mean_iou)}",
             soft_wrap=True,
         )
+    if str(record.get("runtime") or "").startswith("runtime auto"):
+        console.print(record["runtime"], soft_wrap=True)
     for width, band in report.trimap.items():
         console.print(f"trimap {width:>3} px: mIoU {_percent(band.mean_iou)}")
     for path in (report.path, report.heatmap):
@@ -391,6 +406,7 @@ def predict(
     save_confidence: bool = False,
     save_entropy: bool = False,
     save_masks: bool = False,
+    runtime: Runtime | None = None,
 ) -> int:
     """Segment images: palette-PNG masks (masks/), colour overlays (overlays/), figures/;
     rasters (GeoTIFF, any band count) window by window to GeoTIFF masks (<stem>.tif); videos
@@ -420,15 +436,14 @@ def predict(
         save_entropy: also write each pixel's entropy of the class probabilities (nats, 0 to
             log C) as float16 entropy/<stem>.npy (rasters: entropy/<stem>.tif).
         save_masks: videos: also write each frame's mask (masks/<stem>/<frame>.png).
+        runtime: run fp32 on this runtime (implies --fast): auto measures the installed ones on
+            the first image's size and takes the fastest that passes the fp32 check.
     """
-    if precision == "int8" and not fast:
-        raise UsageError("--precision int8 needs --fast true")
     found = PredictInputs.find(inputs)  # no image to segment: said before the model loads
-    segmenter = load_segmenter(
-        model, inference, "fp32" if fast else precision, resolve_device(device)
-    )
-    if fast:
-        segmenter = fast_segmenter(segmenter, precision, found.calibration())
+    segmenter = load_predictor(model, inference, precision, device, found, fast, runtime)
+    if runtime is not None:
+        chosen = segmenter.network.report
+        console.print(chosen.choice or f"runtime: {chosen.backend}", soft_wrap=True)
     maps = (("confidence",) if save_confidence else ()) + (("entropy",) if save_entropy else ())
     outputs = PredictOutputs(overlays, figures, maps, save_masks)
     summary = predict_inputs(segmenter, found, output_dir, outputs, progress, pipeline)
@@ -457,33 +472,63 @@ def _print_predicted(summary: PredictSummary, output_dir: str) -> int:
 def export(
     model: str = DEMO_MODEL,
     output: str = "model.onnx",
-    format: Literal["onnx", "pt2"] = "onnx",
+    format: Literal["onnx", "pt2", "tensorrt"] = "onnx",
     opset: int = 18,
     check: bool = True,
+    precision: Literal["fp32", "int8"] = "fp32",
+    calibration: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> None:
-    """Export a model for deployment: ONNX (dynamic batch/height/width) or a torch.export program.
+    """Export a model for deployment: ONNX (dynamic batch/height/width), a torch.export program,
+    or TensorRT-ready ONNX (docs/deployment.md).
 
     Args:
         model: a saved model folder, a training checkpoint (.pt) or a published checkpoint.
         output: the file to write.
-        format: onnx (checked against ONNX Runtime at two sizes) or pt2 (torch.export).
+        format: onnx (checked against ONNX Runtime at two sizes), pt2 (torch.export) or tensorrt
+            (ONNX that TensorRT accepts: int8 symmetric QDQ, checked in ONNX Runtime).
         opset: ONNX opset version (18 to 23).
         check: compare the ONNX file's outputs with the eager model's (fails beyond ten times the
             model's own fp32 rounding, at least 1e-4 of the logits' scale).
+        precision: tensorrt: fp32 or int8 (needs --calibration).
+        calibration: tensorrt int8: a folder of a few images like those to come (first 8 used).
+        size: onnx, tensorrt: fix the input to HEIGHT WIDTH (batch stays free; no Shape nodes);
+            default any size.
     """
     require_writable(output, "--output")
     segmenter = load_segmenter(model)
     if format == "pt2":
         console.print(f"written: {export_program(segmenter.network, output)}")
         return
-    report = export_onnx(
-        segmenter.network, output, segmenter.class_names, segmenter.palette, opset, check
-    )
+    if format == "tensorrt":
+        images = calibration_folder(calibration) if calibration else ()
+        report = export_tensorrt(
+            segmenter.network,
+            output,
+            size=size,
+            precision=precision,
+            calibration=images,
+            class_names=segmenter.class_names,
+            palette=segmenter.palette,
+        )
+    else:
+        report = export_onnx(
+            segmenter.network,
+            output,
+            segmenter.class_names,
+            segmenter.palette,
+            opset,
+            check,
+            size=size,
+        )
     console.print(f"written: {report.path}")
     for (height, width), agreement in report.agreement.items():
         console.print(
             f"ONNX Runtime vs eager at {height}×{width}: {agreement.describe()}", soft_wrap=True
         )
+    if getattr(report, "int8_agreement", None) is not None:
+        line = f"int8 on the calibration images: {report.int8_agreement.describe()}"
+        console.print(line, soft_wrap=True)
 
 
 def convert_weights(

@@ -17,9 +17,11 @@ REPORT_TO = "the atrous issue tracker"
 
 #: Extras of ``pip install 'atrous[extra]'`` by the module they provide.
 EXTRAS = {
+    "ai_edge_litert": "tflite",
     "av": "video",
     "gradio": "serve",
     "mlflow": "mlflow",
+    "openvino": "openvino",
     "pycocotools": "labels",
     "rasterio": "geo",
     "timm": "timm",

@@ -22,6 +22,9 @@ INFERENCE = [
     "atrous optimize_for_inference bf16",
     "atrous optimize_for_inference fp16",
     "atrous optimize_for_inference fp32, backend compile",
+    "atrous TensorRT engine fp32",
+    "atrous TensorRT engine fp16",
+    "atrous TensorRT engine int8",
     "smp eager fp32",
     "smp torch.compile (eager) fp32",
 ]
@@ -31,6 +34,7 @@ SKIPPED_ON_CPU = {
     "fp16 compiled": "CUDA",
     "atrous optimize_for_inference fp16": "CUDA",
     "atrous optimize_for_inference fp32, backend compile": "inductor",
+    **{f"atrous TensorRT engine {p}": "TensorRT" for p in ("fp32", "fp16", "int8")},
 }
 FIGURES = {
     "training": ("first_step_s", "ms_per_step", "images_per_s", "peak_memory_mib", "final_loss"),

@@ -26,6 +26,7 @@ from atrous.hub.registry import PublishedScore, get_published, is_published, pub
 from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import Segmenter, fast_segmenter
+from atrous.inference.runtimes import runtime_backend
 from atrous.inference.strategies import InferenceConfig
 from atrous.runtime.distributed import init_distributed, shutdown_distributed
 
@@ -47,10 +48,13 @@ def evaluate_model(
     progress: bool = True,
     fast: bool = False,
     pipeline: PipelineConfig | None = None,
+    runtime: str | None = None,
 ) -> EvaluationReport | None:
     """Score ``model`` on ``split`` of ``data`` (default: the dataset it was trained on) and
     write the report to ``output`` (default: eval_<split>.json beside the model); None on the
-    processes of a torchrun job other than rank 0. The options are ``atrous eval``'s."""
+    processes of a torchrun job other than rank 0. The options are ``atrous eval``'s (a
+    ``runtime`` implies ``fast``; auto measures, :mod:`atrous.inference.runtimes`)."""
+    fast = fast or runtime is not None
     if precision == "int8" and not fast:
         raise UsageError("--precision int8 needs --fast true")
     inference, published = published_protocol(model, inference or InferenceConfig(), score)
@@ -60,7 +64,9 @@ def evaluate_model(
     try:
         data = dataclasses.replace(data or training_data(model), val_split=split)
         dataset = build_dataset(data, "val")
-        segmenter = evaluation_segmenter(model, inference, precision, fast, dataset, env.device)
+        segmenter = evaluation_segmenter(
+            model, inference, precision, fast, dataset, env.device, runtime
+        )
         pipeline = pipeline or PipelineConfig()
         result = evaluate_segmenter(
             segmenter, dataset, env, progress, tuple(trimap), trimap_source, pipeline, measured
@@ -72,6 +78,8 @@ def evaluate_model(
     record = {"model": model, "dataset": dataclasses.asdict(data), "split": split}
     record.update(images=len(dataset), inference=dataclasses.asdict(inference))
     record.update(precision=precision, fast=fast, protocol=measured.describe())
+    fast_report = getattr(segmenter.network, "report", None)
+    record["runtime"] = fast_report and (fast_report.choice or fast_report.backend)
     record["published"] = dataclasses.asdict(published) if published is not None else None
     report = write_report(result, dataset.classes, record, trimap_source, path, segmenter.task)
     report.published = published
@@ -93,12 +101,14 @@ def evaluation_segmenter(
     fast: bool,
     dataset: SegmentationDataset,
     device: torch.device,
+    runtime: str | None = None,
 ) -> Segmenter:
     """The segmenter ``atrous eval`` scores: int8 calibrates on the split's first images."""
     segmenter = load_segmenter(model, inference, "fp32" if fast else precision, device)
     if fast:
         count = min(CALIBRATION_IMAGES, len(dataset))
-        segmenter = fast_segmenter(segmenter, precision, [dataset.load(i)[0] for i in range(count)])
+        images = [dataset.load(i)[0] for i in range(count)]
+        segmenter = fast_segmenter(segmenter, precision, images, runtime_backend(runtime))
     if segmenter.num_classes != dataset.num_classes:
         raise InputError(
             f"the model {model} predicts {segmenter.num_classes} classes, the dataset has "

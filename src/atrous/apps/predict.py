@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from atrous.errors import UsageError
+from atrous.hub.load import load_segmenter
 from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
@@ -17,11 +19,15 @@ from atrous.inference.predict import (
     Segmenter,
     calibration_images,
     expand_inputs,
+    fast_segmenter,
     predict_files,
 )
 from atrous.inference.raster import predict_rasters, split_rasters
 from atrous.inference.regions import MapName
+from atrous.inference.runtimes import runtime_backend
+from atrous.inference.strategies import InferenceConfig
 from atrous.inference.video import VideoReport, first_frames, is_video, predict_video
+from atrous.runtime.distributed import resolve_device
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,30 @@ class PredictInputs:
         if self.files:
             return calibration_images(self.files, count)
         return first_frames(self.videos[0], count) if self.videos else []
+
+
+def load_predictor(
+    model: str,
+    inference: InferenceConfig,
+    precision: str,
+    device: str,
+    inputs: PredictInputs,
+    fast: bool = False,
+    runtime: str | None = None,
+) -> Segmenter:
+    """The segmenter of ``model`` as ``predict`` runs it: eager at ``precision``, or with
+    ``fast`` (implied by a ``runtime``) on the optimised network, int8 calibrated on the
+    inputs' first images; ``runtime`` "auto" measures the installed runtimes."""
+    fast = fast or runtime is not None
+    if precision == "int8" and not fast:
+        raise UsageError("--precision int8 needs --fast true")
+    segmenter = load_segmenter(
+        model, inference, "fp32" if fast else precision, resolve_device(device)
+    )
+    if not fast:
+        return segmenter
+    backend = runtime_backend(runtime)
+    return fast_segmenter(segmenter, precision, inputs.calibration(), backend)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from atrous.errors import AtrousError, UsageError
+from atrous.export.graph import fold_resize_sizes
 from atrous.models.config import input_channels
 from atrous.models.saved import SavedModel
 
@@ -202,7 +203,9 @@ def export_onnx(
 
     ``size`` fixes height and width instead (batch stays free): ONNX Runtime plans such a graph
     better (the any-size graph measured 7% slower on DeepLabV3+ ResNet-101 at 512×512,
-    ``docs/performance.md``). ``opset`` must be one of :data:`OPSETS` (UnsupportedOpset).
+    ``docs/performance.md``), and its resize sizes are constants
+    (:func:`~atrous.export.graph.fold_resize_sizes`: no ``Shape`` nodes). ``opset`` must be one
+    of :data:`OPSETS` (UnsupportedOpset).
     With ``check``, the file is run in ONNX Runtime on random images at two sizes (or two batch
     sizes at ``size``) and compared with the eager model; a max |Δlogit| above the tolerance
     times the logits' scale (:class:`LogitAgreement`) is an :class:`ExportCheckError`, and the
@@ -254,6 +257,8 @@ def _onnx_proto(model: nn.Module, size: Sequence[int], opset: int, fixed: bool) 
         verbose=False,
     )
     proto = program.model_proto
+    if fixed:  # height and width are constants: so are the resize sizes
+        fold_resize_sizes(proto)
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
         raise UnsupportedOpset(

@@ -33,6 +33,7 @@ measured by ``benchmarks/miou.py``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
 from collections import Counter
@@ -59,11 +60,21 @@ from atrous.export.onnx import (
     require_agreement,
     rounding_tolerance,
 )
+from atrous.export.quantize import quantize_qdq
+from atrous.inference.runtimes import (
+    RUNTIMES,
+    RuntimeChoice,
+    fastest,
+    register_runtime,
+    require_runtime,
+)
 from atrous.models.config import input_channels
 from atrous.runtime.precision import autocast
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
-Backend = Literal["auto", "torch", "compile", "onnxruntime"]
+#: "auto": the rule of :func:`choose_backend`; "fastest": measured among the installed runtimes
+#: (:mod:`atrous.inference.runtimes`, fp32 on the CPU); or one by name.
+Backend = Literal["auto", "fastest", "torch", "compile", "onnxruntime", "openvino", "tflite"]
 
 #: Calibration images used by the CLI for int8 (the first ones given, or of the dataset).
 CALIBRATION_IMAGES = 8
@@ -85,6 +96,7 @@ class FastReport:
     agreement: LogitAgreement  # with the eager fp32 model on the example
     build_seconds: float
     tolerance: float | None = None  # fp32: the share of the logits' scale it was held to
+    choice: str | None = None  # backend "fastest": the runtimes measured and the one chosen
 
     @property
     def max_abs_diff(self) -> float:
@@ -233,8 +245,13 @@ def choose_backend(precision: Precision, device: torch.device) -> str:
 def _check_combination(precision: str, backend: str, device: torch.device) -> None:
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise ValueError(f"precision must be fp32, bf16, fp16 or int8, got {precision!r}")
-    if backend not in ("torch", "compile", "onnxruntime"):
-        raise ValueError(f"backend must be auto, torch, compile or onnxruntime, got {backend!r}")
+    if backend not in ("fastest", "torch", "compile", *RUNTIMES):
+        offered = ", ".join(["auto", "fastest", "compile", *RUNTIMES])
+        raise ValueError(f"backend must be one of {offered}, got {backend!r}")
+    if backend not in ("fastest", "torch", "compile", "onnxruntime") and (
+        precision != "fp32" or device.type != "cpu"
+    ):
+        raise ValueError(f"the {backend} runtime runs fp32 on the CPU; use backend 'auto'")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs CUDA; use 'bf16' or 'int8' on the CPU")
     if precision == "int8" and backend != "onnxruntime":
@@ -276,35 +293,7 @@ def quantize_onnx(
 ) -> Path:
     """Static int8 QDQ quantisation of an fp32 ONNX file: per-channel int8 weights, uint8
     activations with ranges (min/max) observed on ``calibration`` (normalised image batches)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch.numpy()}
-
-    prepared = target.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(target),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    prepared.unlink()
-    return target
+    return quantize_qdq(source, target, calibration, input_name)
 
 
 def _example_batch(
@@ -317,6 +306,47 @@ def _example_batch(
     shape = (1, channels, *(DEFAULT_EXAMPLE if example is None else example))
     generator = torch.Generator().manual_seed(0)
     return torch.randn(*shape, generator=generator).to(device)
+
+
+@dataclass
+class _Build:
+    """What every backend is built from: the model, its folded copy, the example batch and the
+    eager logits on it."""
+
+    model: nn.Module
+    folded: nn.Module
+    batch: torch.Tensor
+    reference: torch.Tensor
+    precision: str
+    calibration: Sequence[np.ndarray | torch.Tensor]
+    workdir: str | Path | None
+
+    def network(
+        self, backend: str, allowed: float | None, tolerance: float | None, fixed: bool
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], RuntimeChoice | None]:
+        """The backend's network (``fixed``: onnxruntime adds a graph of the example's size);
+        for "fastest", the measured choice too."""
+        size = tuple(self.batch.shape[-2:])
+        folder = Path(self.workdir) if self.workdir is not None else None
+        if backend == "fastest":
+            with tempfile.TemporaryDirectory(prefix="atrous-runtimes-") as scratch:
+                folder = folder or Path(scratch)
+                args = (self.model, self.folded, self.batch, self.reference, allowed, folder)
+                return fastest(*args)
+        if backend == "onnxruntime":
+            fixed_size = size if fixed else None
+            args = (self.folded, self.precision, self.calibration, tolerance, folder, fixed_size)
+            return _onnxruntime(*args), None
+        device = self.batch.device
+        if backend in ("torch", "compile"):
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            module = self.folded
+            if backend == "compile":
+                module = torch.compile(module, options={"freezing": True})
+            return _TorchRunner(module, device, self.precision), None
+        folder = folder or Path(tempfile.mkdtemp(prefix="atrous-runtime-"))
+        return require_runtime(backend).build(self.folded, size, folder), None
 
 
 def optimize_for_inference(
@@ -337,7 +367,10 @@ def optimize_for_inference(
             the fast network is checked on it (compiled backends compile for its size; fp32 on
             ONNX Runtime adds a graph fixed to its size, which runs faster at that size).
         precision: fp32, bf16, fp16 (CUDA) or int8 (CPU, ONNX Runtime).
-        backend: auto (see the module doc), torch, compile or onnxruntime.
+        backend: auto (the rule in the module doc), fastest (fp32 on the CPU: the installed
+            runtimes that pass the fp32 check, measured on ``example``'s size; ``--runtime
+            auto``, :mod:`atrous.inference.runtimes`), torch, compile, onnxruntime, or another
+            registered runtime by name.
         calibration: int8 only: a few of the user's images, (H, W, 3) uint8 RGB arrays or
             normalised tensors, from which activation ranges are set.
         tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted, as a share
@@ -349,34 +382,32 @@ def optimize_for_inference(
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
-    if backend == "auto":
+    if backend not in ("auto", "fastest", "compile"):
+        require_runtime(backend)  # a missing package: the extra that installs it
+    if backend == "auto" or (backend == "fastest" and (precision, device.type) != ("fp32", "cpu")):
         backend = choose_backend(precision, device)
     _check_combination(precision, backend, device)
     if precision == "int8" and not calibration:
         raise ValueError("int8 needs calibration images: pass a few of your own as calibration=")
     batch = _example_batch(example, device, input_channels(model))
     reference, folded = _reference_and_folded(model, batch)
-    if backend == "onnxruntime":
-        size = tuple(batch.shape[-2:]) if example is not None else None
-        run = _onnxruntime(folded, precision, calibration or (), tolerance, workdir, size)
-    else:
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        module = folded if backend == "torch" else torch.compile(folded, options={"freezing": True})
-        run = _TorchRunner(module, device, precision)
-    agreement = compare_logits(run(batch), reference)
     allowed = None
     if precision == "fp32":
         allowed = tolerance
         if allowed is None:
             allowed = rounding_tolerance(model, batch, reference)
+    build = _Build(model, folded, batch, reference, precision, calibration or (), workdir)
+    run, choice = build.network(backend, allowed, tolerance, example is not None)
+    backend = choice.name if choice is not None else backend
+    agreement = compare_logits(run(batch), reference)
+    if allowed is not None:
         try:
             require_agreement(agreement, allowed, f"the {backend} fp32 network")
         except ExportCheckError as error:
             raise FastCheckError(str(error)) from None
-    size = tuple(batch.shape[-2:])
     seconds = time.perf_counter() - start
-    report = FastReport(backend, precision, size, agreement, seconds, allowed)
+    report = FastReport(backend, precision, tuple(batch.shape[-2:]), agreement, seconds, allowed)
+    report = dataclasses.replace(report, choice=choice.describe() if choice else None)
     return FastNetwork(run, report, model.output_stride, model.align_corners)
 
 
@@ -433,3 +464,21 @@ def _onnxruntime(
         fixed_path = folder / f"model.{size[0]}x{size[1]}.onnx"
         export_onnx(folded, fixed_path, tolerance=tolerance, size=size)
         return _SizeDispatch(size, OnnxNetwork(fixed_path, options=session_options()), general)
+
+
+def _torch_network(folded: nn.Module, size: tuple[int, int], folder: Path) -> _TorchRunner:
+    """PyTorch eager on a channels_last copy of the folded module (the CPU; other runtimes
+    may change the folded module's memory format as they export it)."""
+    module = copy.deepcopy(folded).to(memory_format=torch.channels_last)
+    return _TorchRunner(module, torch.device("cpu"), "fp32")
+
+
+def _onnxruntime_network(
+    folded: nn.Module, size: tuple[int, int], folder: Path
+) -> OnnxNetwork | _SizeDispatch:
+    """ONNX Runtime on the any-size graph and one fixed to ``size`` (the fp32 fast path)."""
+    return _onnxruntime(folded, "fp32", (), None, folder, size)
+
+
+register_runtime("torch", "torch", _torch_network)
+register_runtime("onnxruntime", "onnxruntime", _onnxruntime_network)
