@@ -50,10 +50,12 @@ from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.protocols import ATROUS, ProtocolName
 from atrous.evaluation.report import EvaluationReport
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
+from atrous.export.openvino import export_openvino
 from atrous.hub.load import load_segmenter
 from atrous.hub.registry import (
     published_table,
 )
+from atrous.inference.fast import normalise_images
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
     DEMO_MODEL,
@@ -427,21 +429,35 @@ def predict(
 def export(
     model: str = DEMO_MODEL,
     output: str = "model.onnx",
-    format: Literal["onnx", "pt2"] = "onnx",
+    format: Literal["onnx", "pt2", "openvino"] = "onnx",
     opset: int = 18,
     check: bool = True,
+    precision: Literal["fp32", "int8"] = "fp32",
+    calibration: str | None = None,
 ) -> None:
-    """Export a model for deployment: ONNX (dynamic batch/height/width) or a torch.export program.
+    """Export a model for deployment: ONNX (dynamic batch/height/width), a torch.export program
+    or an OpenVINO IR.
 
     Args:
         model: a saved model folder, a training checkpoint (.pt) or a published checkpoint.
-        output: the file to write.
-        format: onnx (checked against ONNX Runtime at two sizes) or pt2 (torch.export).
+        output: the file to write (openvino: NAME.xml, weights in NAME.bin; the default
+            becomes model.xml).
+        format: onnx (checked against ONNX Runtime at two sizes), pt2 (torch.export) or openvino
+            (IR, checked in OpenVINO at f32 at two sizes).
         opset: ONNX opset version (18 to 23).
-        check: compare the ONNX file's outputs with the eager model's (fails beyond ten times the
-            model's own fp32 rounding, at least 1e-4 of the logits' scale).
+        check: compare the exported file's outputs with the eager model's (fp32 fails beyond ten
+            times the model's own fp32 rounding, at least 1e-4 of the logits' scale).
+        precision: fp32, or int8 (openvino: NNCF post-training quantisation).
+        calibration: int8: a folder of images to calibrate on (the first 8 readable ones).
     """
+    if precision == "int8" and format != "openvino":
+        raise UsageError(f"--precision int8 is for --format openvino, not {format}")
+    if format == "openvino" and output == "model.onnx":
+        output = "model.xml"
     require_writable(output, "--output")
+    if format == "openvino":
+        _export_openvino(model, output, check, precision, calibration)
+        return
     segmenter = load_segmenter(model)
     if format == "pt2":
         console.print(f"written: {export_program(segmenter.network, output)}")
@@ -453,6 +469,39 @@ def export(
     for (height, width), agreement in report.agreement.items():
         console.print(
             f"ONNX Runtime vs eager at {height}×{width}: {agreement.describe()}", soft_wrap=True
+        )
+
+
+def _export_openvino(
+    model: str, output: str, check: bool, precision: str, calibration: str | None
+) -> None:
+    """``atrous export --format openvino``: the IR, its check and int8 calibration."""
+    if Path(output).suffix != ".xml":
+        raise UsageError(f"--output {output}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
+    if precision == "int8" and calibration is None:
+        raise UsageError("--precision int8 needs --calibration DIR, a folder of images")
+    images = calibration_images([calibration]) if calibration is not None else []
+    if calibration is not None and not images:
+        raise UsageError(f"--calibration {calibration}: no readable image in it")
+    segmenter = load_segmenter(model)
+    report = export_openvino(
+        segmenter.network,
+        output,
+        segmenter.class_names,
+        segmenter.palette,
+        precision,
+        normalise_images(images, segmenter.mean, segmenter.std),
+        check,
+    )
+    console.print(f"written: {report.path} and {report.path.with_suffix('.bin')}")
+    for label, agreement in report.by_input.items():
+        console.print(
+            f"OpenVINO {precision} vs eager on {label}: {agreement.describe()}", soft_wrap=True
+        )
+    if check:
+        console.print(
+            f"checked at {report.checked_at} (OpenVINO's CPU default here: "
+            f"{report.plugin_default}; atrous predict runs it at {report.checked_at})"
         )
 
 

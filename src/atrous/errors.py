@@ -16,7 +16,7 @@ from pathlib import Path
 REPORT_TO = "the atrous issue tracker"
 
 #: Extras of ``pip install 'atrous[extra]'`` by the module they provide.
-EXTRAS = {"gradio": "serve", "timm": "timm"}
+EXTRAS = {"gradio": "serve", "timm": "timm", "openvino": "openvino", "nncf": "openvino"}
 
 
 class AtrousError(Exception):
