@@ -31,8 +31,6 @@ from atrous.export.openvino import (
 from atrous.hub.load import load, load_segmenter
 from atrous.inference.predict import Segmenter
 
-ov = pytest.importorskip("openvino")
-
 CLASSES = ["background", "disc", "box"]
 
 
@@ -50,7 +48,13 @@ def tiny_model() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def ov():
+    """The openvino package (the ``openvino`` extra, not in ``dev``: its tests skip without it)."""
+    return pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def saved(ov, tmp_path_factory):
     folder = tmp_path_factory.mktemp("openvino") / "model"
     tiny_model().save_pretrained(folder, class_names=CLASSES)
     return folder
@@ -68,6 +72,7 @@ def exported(saved, tmp_path_factory):
 def int8_cli(saved, tmp_path_factory):
     """``atrous export --format openvino --precision int8`` calibrated on a folder of 4 scenes:
     (exit status, the IR, what it printed)."""
+    pytest.importorskip("nncf")
     root = tmp_path_factory.mktemp("int8")
     for index, size in enumerate([97, 129, 113, 100]):
         write_rgb(root / "calibration" / f"scene{index}.png", render_scene(3, index, size)[0])
@@ -80,7 +85,7 @@ def int8_cli(saved, tmp_path_factory):
     return status, path, printed.getvalue()
 
 
-def broken(path, target, shift: float) -> None:
+def broken(ov, path, target, shift: float) -> None:
     """Write the IR at ``path`` to ``target`` with the classifier's bias of class 2 moved by
     ``shift`` (one wrong constant: the kind of error a wrong conversion makes)."""
     ir = ov.Core().read_model(path)
@@ -102,7 +107,7 @@ def scale_of(model: torch.nn.Module) -> float:
 
 
 @pytest.mark.slow
-def test_the_fp32_ir_is_dynamic_uncompressed_and_carries_the_models_metadata(exported):
+def test_the_fp32_ir_is_dynamic_uncompressed_and_carries_the_models_metadata(ov, exported):
     model, report = exported
     assert report.path.is_file() and report.path.with_suffix(".bin").is_file()
     assert sorted(p.name for p in report.path.parent.iterdir()) == ["tiny.bin", "tiny.xml"]
@@ -130,10 +135,10 @@ def test_the_fp32_ir_agrees_within_rounding_at_two_sizes_compiled_at_f32(exporte
 
 
 @pytest.mark.slow
-def test_a_broken_fp32_graph_fails_the_check_and_is_kept_aside(exported, tmp_path, monkeypatch):
+def test_a_broken_fp32_graph_fails_the_check_and_is_kept_aside(ov, exported, tmp_path, monkeypatch):
     model, report = exported
     bad = tmp_path / "bad.xml"
-    broken(report.path, bad, 0.02 * scale_of(model))  # 2% of the scale: far above rounding
+    broken(ov, report.path, bad, 0.02 * scale_of(model))  # 2% of the scale: far above rounding
     with pytest.raises(ExportCheckError, match=r"OpenVINO fp32 output on random 97×129 differs"):
         check_ir(model, bad)
     monkeypatch.setattr(ov_export, "convert", lambda _model: ov.Core().read_model(bad))
@@ -144,7 +149,7 @@ def test_a_broken_fp32_graph_fails_the_check_and_is_kept_aside(exported, tmp_pat
 
 
 @pytest.mark.slow
-def test_the_int8_command_quantises_on_the_folder_and_records_its_agreement(int8_cli, saved):
+def test_the_int8_command_quantises_on_the_folder_and_records_its_agreement(ov, int8_cli, saved):
     status, path, printed = int8_cli
     assert status == 0
     assert sorted(p.name for p in path.parent.iterdir()) == ["tiny.int8.bin", "tiny.int8.xml"]
@@ -160,10 +165,10 @@ def test_the_int8_command_quantises_on_the_folder_and_records_its_agreement(int8
 
 
 @pytest.mark.slow
-def test_a_broken_int8_graph_fails_the_int8_floor(int8_cli, saved, tmp_path):
+def test_a_broken_int8_graph_fails_the_int8_floor(ov, int8_cli, saved, tmp_path):
     model = load(saved)
     bad = tmp_path / "bad.xml"
-    broken(int8_cli[1], bad, 2 * scale_of(model))
+    broken(ov, int8_cli[1], bad, 2 * scale_of(model))
     with pytest.raises(ExportCheckError, match=r"int8 output on .* differs from the eager model"):
         check_ir(model, bad, "int8")
 
