@@ -6,7 +6,10 @@ eager model's masks."""
 import contextlib
 import io
 import json
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +33,7 @@ from atrous.export.openvino import (
 )
 from atrous.hub.load import load, load_segmenter
 from atrous.inference.predict import Segmenter
+from atrous.inference.strategies import InferenceConfig
 
 CLASSES = ["background", "disc", "box"]
 
@@ -191,6 +195,22 @@ def test_an_ir_runs_through_predict_with_the_eager_models_masks(exported, saved,
         image = np.asarray(Image.open(tmp_path / "images" / f"p{i}.png").convert("RGB"))
         written = np.asarray(Image.open(out / "masks" / f"p{i}.png"))
         assert np.array_equal(written, eager(image))
+
+
+@pytest.mark.slow
+def test_the_documented_openvino_snippet_gives_the_eager_labels(exported, saved, tmp_path):
+    """docs/deployment.md's OpenVINO snippet, run as written (plus a line saving its labels)."""
+    text = (Path(__file__).parents[2] / "docs" / "deployment.md").read_text()
+    (snippet,) = [s for s in re.findall(r"```python\n(.*?)```", text, re.S) if "openvino" in s]
+    for suffix in (".xml", ".bin"):
+        (tmp_path / f"demo{suffix}").symlink_to(exported[1].path.with_suffix(suffix))
+    image = render_scene(3, 0, 72)[0]
+    Image.fromarray(image).save(tmp_path / "photo.jpg", quality=100)
+    code = snippet + "np.save('labels.npy', labels)\n"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
+    reread = np.asarray(Image.open(tmp_path / "photo.jpg").convert("RGB"))
+    eager = Segmenter.from_model(load(saved), InferenceConfig(align=False))  # as the snippet
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), eager(reread))
 
 
 def test_without_openvino_the_error_names_the_extra(monkeypatch, tmp_path):
