@@ -24,6 +24,7 @@ from atrous.data.synthetic import render_scene
 from atrous.errors import AtrousError
 from atrous.export.onnx import CHECK_SIZES, ExportCheckError, model_metadata
 from atrous.export.openvino import (
+    INT8_MAX_RELATIVE_DIFF,
     INT8_MIN_ARGMAX_AGREEMENT,
     OpenvinoNetwork,
     check_inputs,
@@ -165,7 +166,8 @@ def test_the_int8_command_quantises_on_the_folder_and_records_its_agreement(ov, 
     scenes = [a for label, a in report.by_input.items() if label.startswith("scenes")]
     assert len(scenes) == 2
     assert all(a.argmax_agreement >= INT8_MIN_ARGMAX_AGREEMENT for a in scenes)
-    assert all(0 < a.relative_diff < 0.5 for a in report.by_input.values())
+    assert all(0 < a.relative_diff <= INT8_MAX_RELATIVE_DIFF for a in scenes)
+    assert len(report.by_input) == 4  # random images: recorded, not held to the floor
 
 
 @pytest.mark.slow
