@@ -501,7 +501,8 @@ def _export_openvino(
     if check:
         console.print(
             f"checked at {report.checked_at} (OpenVINO's CPU default here: "
-            f"{report.plugin_default}; atrous predict runs it at {report.checked_at})"
+            f"{report.plugin_default}; atrous predict runs it at {report.checked_at})",
+            soft_wrap=True,
         )
 
 

@@ -157,6 +157,8 @@ def convert(model: nn.Module) -> Any:
     example = torch.randn(2, channels, *CHECK_SIZES[0])  # batch 2: a batch of 1 would specialise
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are kept as shape ops
+        # OpenVINO converts a module by tracing it; PyTorch announces tracing's deprecation.
+        warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
         return ov.convert_model(
             model, example_input=example, input=[ov.PartialShape([-1, channels, -1, -1])]
         )
