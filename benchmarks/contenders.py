@@ -6,6 +6,7 @@ eager and ``atrous.optimize_for_inference`` at fp32, bf16 (fp16 on a GPU) and in
 from __future__ import annotations
 
 import copy
+import importlib.util
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,7 +125,10 @@ def contenders(
         items += _peer_eager(row, peer, device, examples["peer"], all_paths)
         if device.type == "cpu":
             items += _peer_onnx(row, peer, examples["peer"], calibration, folder, all_paths)
-    return items + _ours(row, model, device, ours, calibration, folder, all_paths)
+    items += _ours(row, model, device, ours, calibration, folder, all_paths)
+    if device.type == "cpu" and importlib.util.find_spec("openvino") is not None:
+        items += _openvino(row, model, calibration, folder, all_paths)
+    return items
 
 
 def _peer_eager(
@@ -241,5 +245,52 @@ def _ours(
                     workdirs["int8"] / "model.int8.onnx", options=session_options()
                 ),
             )
+        )
+    return items
+
+
+def _openvino(
+    row: Row,
+    model: atrous.DeepLab,
+    calibration: list[torch.Tensor],
+    folder: Path,
+    all_paths: bool,
+) -> list[Contender]:
+    """atrous's OpenVINO IR as ``atrous export --format openvino`` writes it (checked), run by
+    :class:`OpenvinoNetwork` at f32 (as checked), at the CPU plugin's default precision (bf16
+    on CPUs with native bf16), and NNCF int8; one thread per core, as ONNX Runtime gets."""
+    from atrous.export.openvino import (
+        OpenvinoNetwork,
+        default_inference_precision,
+        export_openvino,
+    )
+
+    paths = {p: folder / f"{row.key}_openvino_{p}.xml" for p in ("fp32", "int8")}
+    threads = {"INFERENCE_NUM_THREADS": torch.get_num_threads()}
+
+    def network(precision: str, hint: str | None = "f32") -> Runner:
+        if not paths[precision].is_file():
+            export_openvino(  # int8: agreement measured below, as for ONNX Runtime int8
+                model,
+                paths[precision],
+                precision=precision,
+                calibration=calibration,
+                check=precision == "fp32",
+            )
+        return OpenvinoNetwork(paths[precision], inference_precision=hint, config=threads)
+
+    default = default_inference_precision()  # bf16 on CPUs with native bf16
+    items = [
+        Contender("atrous", "OpenVINO fp32 IR (f32)", "fp32", lambda: network("fp32"), True),
+        Contender(
+            "atrous",
+            f"OpenVINO fp32 IR (plugin default: {default})",
+            "bf16" if default == "bf16" else "fp32",
+            lambda: network("fp32", None),
+        ),
+    ]
+    if row.int8 or all_paths:
+        items.append(
+            Contender("atrous", "OpenVINO int8 (NNCF)", "int8", lambda: network("int8"), True)
         )
     return items

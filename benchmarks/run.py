@@ -33,13 +33,15 @@ interleaving, memory, reporting).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import importlib.metadata
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +174,10 @@ def run_row(
     log: Callable,
     all_paths: bool,
     precisions: tuple[str, ...],
+    only: Sequence[str] = (),
 ) -> dict:
-    """Every contender of ``row``: built, checked, timed side by side; training steps too."""
+    """Every contender of ``row`` (or those matching ``only``): built, checked, timed side by
+    side; training steps too."""
     rounds = row.rounds or rounds
     model, peer, examples = _row_networks(row, device)
     info = _row_info(row, model, peer)
@@ -183,6 +187,8 @@ def run_row(
             "peer": peer(examples["peer"]).float() if peer is not None else None,
         }
     items = contenders(row, model, peer, device, examples, folder, all_paths)
+    if only:  # a subset of the paths, by substrings of "side path"
+        items = [i for i in items if any(o in f"{i.side} {i.path}" for o in only)]
     ready = _build_and_check(items, examples, references, device, log)
     info["conv_throughput"] = _time_rounds(ready, examples, device, rounds, precisions, row.full)
     log(f"  latency: {rounds} rounds done")
@@ -302,6 +308,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--all-paths", action="store_true", help="every peer path on every row, not only the first"
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="only the paths whose 'side path' contains one of these comma-separated strings "
+        "(e.g. 'atrous eager,OpenVINO,optimize_for_inference fp32')",
+    )
+    parser.add_argument("--no-train", action="store_true", help="leave out the training steps")
     parser.add_argument("--json", default=str(harness.RESULTS / "latest.json"))
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
@@ -312,6 +325,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device.type,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": _version("openvino"),
         "conv_throughput": {p: conv_throughput(device, p) for p in precisions},
         "rows": [],
     }
@@ -341,8 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as folder:
         for key in args.keys:
             log(f"{key}: {ROWS[key].title}")
+            row = ROWS[key]
+            if args.no_train:
+                row = dataclasses.replace(row, train=False)
+            only = [o for o in args.only.split(",") if o]
             row = run_row(
-                ROWS[key], device, args.rounds, Path(folder), log, args.all_paths, precisions
+                row, device, args.rounds, Path(folder), log, args.all_paths, precisions, only
             )
             results["rows"].append(row)
             gc.collect()

@@ -29,6 +29,7 @@ from rich.table import Table
 
 from atrous.apps.demo import run_demo
 from atrous.apps.evaluate import evaluate_model
+from atrous.apps.export import ExportFormat, ExportOptions, ExportPrecision, export_model
 from atrous.apps.predict import (
     PredictInputs,
     PredictOutputs,
@@ -53,14 +54,11 @@ from atrous.errors import (
     AtrousError,
     UsageError,
     missing_dependency,
-    require_writable,
 )
 from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.protocols import ATROUS, ProtocolName
 from atrous.evaluation.report import EvaluationReport
-from atrous.export.onnx import ExportCheckError, export_onnx, export_program
-from atrous.export.tensorrt import calibration_folder, export_tensorrt
-from atrous.hub.load import load_segmenter
+from atrous.export.onnx import ExportCheckError
 from atrous.hub.registry import (
     published_table,
 )
@@ -472,62 +470,34 @@ def _print_predicted(summary: PredictSummary, output_dir: str) -> int:
 def export(
     model: str = DEMO_MODEL,
     output: str = "model.onnx",
-    format: Literal["onnx", "pt2", "tensorrt"] = "onnx",
+    format: ExportFormat = "onnx",
     opset: int = 18,
     check: bool = True,
-    precision: Literal["fp32", "int8"] = "fp32",
+    precision: ExportPrecision = "fp32",
     calibration: str | None = None,
     size: tuple[int, int] | None = None,
 ) -> None:
-    """Export a model for deployment: ONNX (dynamic batch/height/width), a torch.export program,
-    or TensorRT-ready ONNX (docs/deployment.md).
+    """Export a model for deployment (docs/deployment.md has the table of formats).
 
     Args:
         model: a saved model folder, a training checkpoint (.pt) or a published checkpoint.
-        output: the file to write.
-        format: onnx (checked against ONNX Runtime at two sizes), pt2 (torch.export) or tensorrt
-            (ONNX that TensorRT accepts: int8 symmetric QDQ, checked in ONNX Runtime).
+        output: the file to write (default model.onnx; openvino: model.xml, weights in
+            model.bin).
+        format: onnx (checked against ONNX Runtime at two sizes), pt2 (torch.export), openvino
+            (IR, checked in OpenVINO at f32 at two sizes) or tensorrt (ONNX that TensorRT
+            accepts: int8 symmetric QDQ, checked in ONNX Runtime).
         opset: ONNX opset version (18 to 23).
-        check: compare the ONNX file's outputs with the eager model's (fails beyond ten times the
-            model's own fp32 rounding, at least 1e-4 of the logits' scale).
-        precision: tensorrt: fp32 or int8 (needs --calibration).
-        calibration: tensorrt int8: a folder of a few images like those to come (first 8 used).
+        check: compare the exported file's outputs with the eager model's (fp32 fails beyond ten
+            times the model's own fp32 rounding, at least 1e-4 of the logits' scale).
+        precision: fp32, or int8 (openvino: NNCF post-training quantisation; tensorrt: QDQ).
+        calibration: int8: images to calibrate on (a folder, files, globs; the first 8).
         size: onnx, tensorrt: fix the input to HEIGHT WIDTH (batch stays free; no Shape nodes);
             default any size.
     """
-    require_writable(output, "--output")
-    segmenter = load_segmenter(model)
-    if format == "pt2":
-        console.print(f"written: {export_program(segmenter.network, output)}")
-        return
-    if format == "tensorrt":
-        images = calibration_folder(calibration) if calibration else ()
-        report = export_tensorrt(
-            segmenter.network,
-            output,
-            size=size,
-            precision=precision,
-            calibration=images,
-            class_names=segmenter.class_names,
-            palette=segmenter.palette,
-        )
-    else:
-        report = export_onnx(
-            segmenter.network,
-            output,
-            segmenter.class_names,
-            segmenter.palette,
-            opset,
-            check,
-            size=size,
-        )
-    console.print(f"written: {report.path}")
-    for (height, width), agreement in report.agreement.items():
-        console.print(
-            f"ONNX Runtime vs eager at {height}×{width}: {agreement.describe()}", soft_wrap=True
-        )
-    if getattr(report, "int8_agreement", None) is not None:
-        line = f"int8 on the calibration images: {report.int8_agreement.describe()}"
+    options = ExportOptions(format, opset, check, precision, calibration, size)
+    summary = export_model(model, output, options)
+    console.print(f"written: {summary.path}", soft_wrap=True)
+    for line in summary.lines:
         console.print(line, soft_wrap=True)
 
 

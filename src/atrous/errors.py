@@ -21,6 +21,7 @@ EXTRAS = {
     "av": "video",
     "gradio": "serve",
     "mlflow": "mlflow",
+    "nncf": "openvino",
     "openvino": "openvino",
     "pycocotools": "labels",
     "rasterio": "geo",

@@ -162,5 +162,8 @@ def test_int8_tensorrt_export_needs_calibration_images(tiny_run, tmp_path, capsy
     args = ["export", "--model", str(tiny_run / "best.pt"), "--output", str(output)]
     assert main([*args, "--format", "tensorrt", "--precision", "int8"]) == 2
     assert "--calibration" in capsys.readouterr().err and not output.exists()
-    assert main([*args, "--format", "tensorrt", "--calibration", str(tmp_path / "none")]) == 1
-    assert "not a folder" in capsys.readouterr().err
+    int8 = [*args, "--format", "tensorrt", "--precision", "int8"]
+    assert main([*int8, "--calibration", str(tmp_path / "none")]) == 1
+    assert f"--calibration {tmp_path / 'none'}: no image files" in capsys.readouterr().err
+    assert main([*args, "--format", "tensorrt", "--calibration", str(tmp_path)]) == 2
+    assert "only an int8 export" in capsys.readouterr().err

@@ -137,3 +137,18 @@ def test_eval_runtime_by_name_runs_fast_and_records_it(tiny_run, tmp_path):
     assert main([*args, "--runtime", "torch", "--output", str(output)]) == 0
     record = json.loads(output.read_text())
     assert record["runtime"] == "torch" and record["fast"] is True
+
+
+@pytest.mark.slow
+def test_openvino_runs_the_fast_path_at_f32(model):
+    """The OpenVINO runtime (its IR compiled at f32) passes the fp32 check and gives the eager
+    logits; auto measures it beside torch and ONNX Runtime."""
+    pytest.importorskip("openvino")
+    network = optimize_for_inference(model, SIZE, backend="openvino")
+    assert network.report.backend == "openvino"
+    batch = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        expected = model(batch)
+    assert (network(batch) - expected).abs().max() <= 1e-4 * expected.abs().max()
+    choice = optimize_for_inference(model, SIZE, backend="fastest").report.choice
+    assert all(f"{name} " in choice for name in ("torch", "onnxruntime", "openvino"))

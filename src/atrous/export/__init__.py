@@ -1,4 +1,5 @@
-"""Export for deployment, each format with a built-in check against the eager model."""
+"""Export for deployment (ONNX, OpenVINO IR, torch.export), each format with a built-in check
+against the eager model."""
 
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
 from atrous.export.tensorrt import export_tensorrt

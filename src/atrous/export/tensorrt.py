@@ -31,10 +31,8 @@ import torch
 from torch import nn
 from torchvision import tv_tensors
 
-from atrous.data.folder import IMAGE_SUFFIXES
-from atrous.data.io import read_image
 from atrous.data.transforms import normalisation
-from atrous.errors import InputError, UsageError
+from atrous.errors import UsageError
 from atrous.export.graph import copy_metadata, op_types
 from atrous.export.onnx import (
     ExportCheckError,
@@ -135,17 +133,6 @@ def require_tensorrt_graph(path: str | Path, fixed: bool = False) -> None:
     problems = tensorrt_problems(onnx.load(str(path)), fixed)
     if problems:
         raise ExportCheckError(f"{path} is not a TensorRT graph: " + "; ".join(problems))
-
-
-def calibration_folder(folder: str | Path, count: int = 8) -> list[np.ndarray]:
-    """The first ``count`` images of ``folder`` (sorted by name), as (H, W, 3) uint8 RGB."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"--calibration {folder}: not a folder; point it at a few images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"--calibration {folder}: no image files in it")
-    return [read_image(path) for path in files[:count]]
 
 
 def calibration_batches(

@@ -66,7 +66,7 @@ def load(
         return DeepLab.from_pretrained(path, **options)
     if path.is_file():
         return _load_file(path, config, options)
-    if path.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors", ".onnx", ".json"):
+    if path.suffix in (*CHECKPOINT_SUFFIXES, ".safetensors", ".onnx", ".xml", ".json"):
         raise FileNotFoundError(f"no model at {path}")
     return DeepLab.from_pretrained(str(source), **options, **hub)
 
@@ -89,9 +89,10 @@ def _load_file(path: Path, config: Any, options: dict[str, Any]) -> DeepLab:
         return DeepLab.from_weights_file(path, saved, where, **options)
     if path.suffix in CHECKPOINT_SUFFIXES:
         return DeepLab.from_checkpoint(path, **options)
-    if path.suffix == ".onnx":
+    if path.suffix in (".onnx", ".xml"):
+        kind = "ONNX graph" if path.suffix == ".onnx" else "OpenVINO IR"
         raise ValueError(
-            f"{path} is an exported ONNX graph, not a model to rebuild: run it with atrous "
+            f"{path} is an exported {kind}, not a model to rebuild: run it with atrous "
             "predict/eval (or load_segmenter), or load the saved folder it was exported from"
         )
     raise ValueError(
@@ -126,7 +127,10 @@ def load_segmenter(
     device: str | torch.device = "cpu",
 ) -> Segmenter:
     """A :class:`Segmenter` for raw images: of the model :func:`load` returns for ``source``,
-    or of an exported ``.onnx`` file (run by ONNX Runtime on the CPU)."""
+    or of an exported ``.onnx`` file (run by ONNX Runtime on the CPU) or OpenVINO IR (``.xml``,
+    run by OpenVINO on the CPU)."""
     if Path(source).suffix == ".onnx":
         return Segmenter.from_onnx(source, inference, precision)
+    if Path(source).suffix == ".xml":
+        return Segmenter.from_openvino(source, inference, precision)
     return Segmenter.from_model(load(source), inference, precision, device)

@@ -63,6 +63,7 @@ from atrous.export.onnx import (
 from atrous.export.quantize import quantize_qdq
 from atrous.inference.runtimes import (
     RUNTIMES,
+    Network,
     RuntimeChoice,
     fastest,
     register_runtime,
@@ -480,5 +481,15 @@ def _onnxruntime_network(
     return _onnxruntime(folded, "fp32", (), None, folder, size)
 
 
+def _openvino_network(folded: nn.Module, size: tuple[int, int], folder: Path) -> Network:
+    """OpenVINO on the folded model's any-size IR, compiled at f32 (the plugin's bf16 default
+    would fail the fp32 check on CPUs with native bf16)."""
+    from atrous.export.openvino import OpenvinoNetwork, export_openvino
+
+    folded = copy.deepcopy(folded).to(memory_format=torch.contiguous_format)
+    return OpenvinoNetwork(export_openvino(folded, folder / "model.xml", check=False).path)
+
+
 register_runtime("torch", "torch", _torch_network)
 register_runtime("onnxruntime", "onnxruntime", _onnxruntime_network)
+register_runtime("openvino", "openvino", _openvino_network)

@@ -5,8 +5,9 @@ normalisation as evaluation and the same
 :func:`~atrous.inference.strategies.segment` strategies, so a
 prediction equals what validation scored (a common complaint about DeepLab code: standalone
 results differ from validation). ``atrous predict``, the demo and the demo page all use it.
-It takes a model (:meth:`Segmenter.from_model`) or an exported ``.onnx`` file; finding a model by
-name is ``atrous.load``'s job (:func:`atrous.hub.load.load_segmenter` does both).
+It takes a model (:meth:`Segmenter.from_model`), an exported ``.onnx`` file or an OpenVINO IR
+(``.xml``); finding a model by name is ``atrous.load``'s job
+(:func:`atrous.hub.load.load_segmenter` does both).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from atrous.data.palettes import voc_palette
 from atrous.data.visualize import colorize, overlay, overlay_multilabel, palette_image
 from atrous.errors import InputError
 from atrous.export.onnx import OnnxNetwork
+from atrous.export.openvino import OpenvinoNetwork
 from atrous.inference.fast import (
     CALIBRATION_IMAGES,
     Backend,
@@ -172,7 +174,28 @@ class Segmenter:
         its classes and normalisation read from the file's metadata."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"no ONNX file at {path}")
-        network = OnnxNetwork(path)
+        return cls.from_exported(OnnxNetwork(path), path, inference, precision)
+
+    @classmethod
+    def from_openvino(
+        cls, path: str | Path, inference: InferenceConfig | None = None, precision: str = "fp32"
+    ) -> Segmenter:
+        """A segmenter of an OpenVINO IR (``.xml``) written by ``atrous export --format
+        openvino`` (CPU, f32 as it was checked), its classes and normalisation read from the IR."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no OpenVINO IR at {path}")
+        return cls.from_exported(OpenvinoNetwork(path), path, inference, precision)
+
+    @classmethod
+    def from_exported(
+        cls,
+        network: OnnxNetwork | OpenvinoNetwork,
+        path: str | Path,
+        inference: InferenceConfig | None = None,
+        precision: str = "fp32",
+    ) -> Segmenter:
+        """A segmenter of an exported ``network`` (from the file ``path``), with the classes and
+        normalisation its ``metadata`` holds."""
         meta = network.metadata
         if not meta:
             raise ValueError(f"{path} has no atrous metadata; export it with `atrous export`")
