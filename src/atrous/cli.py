@@ -49,14 +49,18 @@ from atrous.errors import (
 from atrous.evaluation.metrics import SegmentationScores
 from atrous.evaluation.protocols import ATROUS, ProtocolName
 from atrous.evaluation.report import EvaluationReport
+from atrous.export.coreml import export_coreml
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
+from atrous.export.tflite import export_tflite
 from atrous.hub.load import load_segmenter
 from atrous.hub.registry import (
     published_table,
 )
+from atrous.inference.fast import normalise_images
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import (
     DEMO_MODEL,
+    Segmenter,
     calibration_images,
     expand_inputs,
     fast_segmenter,
@@ -427,22 +431,40 @@ def predict(
 def export(
     model: str = DEMO_MODEL,
     output: str = "model.onnx",
-    format: Literal["onnx", "pt2"] = "onnx",
+    format: Literal["onnx", "pt2", "tflite", "coreml"] = "onnx",
     opset: int = 18,
     check: bool = True,
+    size: list[int] | None = None,
+    precision: Literal["fp32", "fp16", "int8"] = "fp32",
+    calibration: str | None = None,
 ) -> None:
-    """Export a model for deployment: ONNX (dynamic batch/height/width) or a torch.export program.
+    """Export a model for deployment: ONNX (dynamic batch/height/width), a torch.export program,
+    LiteRT (.tflite) or Core ML (.mlpackage) at one fixed size.
 
     Args:
         model: a saved model folder, a training checkpoint (.pt) or a published checkpoint.
         output: the file to write.
-        format: onnx (checked against ONNX Runtime at two sizes) or pt2 (torch.export).
+        format: onnx (checked against ONNX Runtime at two sizes), pt2 (torch.export), tflite
+            (checked in the LiteRT interpreter) or coreml (checked on macOS only).
         opset: ONNX opset version (18 to 23).
-        check: compare the ONNX file's outputs with the eager model's (fails beyond ten times the
-            model's own fp32 rounding, at least 1e-4 of the logits' scale).
+        check: compare the exported file's outputs with the eager model's (fp32 fails beyond ten
+            times the model's own fp32 rounding, at least 1e-4 of the logits' scale).
+        size: tflite, coreml: the fixed input height and width (default: the model's training
+            crop, else 513 513).
+        precision: tflite: fp32 or int8 (calibrated on --calibration); coreml: fp32 or fp16.
+        calibration: tflite int8: a folder (files, globs) of images to calibrate on (the first
+            8 readable ones).
     """
-    require_writable(output, "--output")
+    if format != "coreml":  # a .mlpackage is a folder: export_coreml checks it
+        require_writable(output, "--output")
+    if format in ("onnx", "pt2") and precision != "fp32":
+        raise UsageError(f"--precision {precision}: --format {format} exports fp32")
+    if format == "tflite" and precision == "int8" and not calibration:
+        raise UsageError("--precision int8 needs --calibration DIR (images to calibrate on)")
     segmenter = load_segmenter(model)
+    if format in ("tflite", "coreml"):
+        _export_fixed_size(segmenter, format, output, size, precision, calibration, check)
+        return
     if format == "pt2":
         console.print(f"written: {export_program(segmenter.network, output)}")
         return
@@ -454,6 +476,34 @@ def export(
         console.print(
             f"ONNX Runtime vs eager at {height}×{width}: {agreement.describe()}", soft_wrap=True
         )
+
+
+def _export_fixed_size(
+    segmenter: Segmenter,
+    format: str,
+    output: str,
+    size: list[int] | None,
+    precision: str,
+    calibration: str | None,
+    check: bool,
+) -> None:
+    """``atrous export --format tflite|coreml``: one fixed input size, its own precisions."""
+    names = (segmenter.class_names, segmenter.palette)
+    if format == "coreml":
+        report = export_coreml(segmenter.network, output, size, precision, *names, check=check)
+        console.print(f"written: {report.path}")
+        console.print(report.describe(), soft_wrap=True)
+        return
+    images = calibration_images([calibration]) if calibration else []
+    if calibration and not images:
+        raise UsageError(f"--calibration {calibration}: no readable image there")
+    normalised = normalise_images(images, segmenter.mean, segmenter.std)
+    report = export_tflite(
+        segmenter.network, output, size, precision, normalised, *names, check=check
+    )
+    console.print(f"written: {report.path}")
+    for line in report.describe():
+        console.print(line, soft_wrap=True)
 
 
 def convert_weights(

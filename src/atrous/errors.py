@@ -16,7 +16,13 @@ from pathlib import Path
 REPORT_TO = "the atrous issue tracker"
 
 #: Extras of ``pip install 'atrous[extra]'`` by the module they provide.
-EXTRAS = {"gradio": "serve", "timm": "timm"}
+EXTRAS = {
+    "gradio": "serve",
+    "timm": "timm",
+    "litert_torch": "tflite",
+    "ai_edge_litert": "tflite",
+    "coremltools": "coreml",
+}
 
 
 class AtrousError(Exception):

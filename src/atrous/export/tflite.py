@@ -178,8 +178,10 @@ class TfliteNetwork:
     dequantised with the file's own parameters; an NHWC file is transposed explicitly."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise missing_dependency("ai_edge_litert", "running a .tflite file") from None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no .tflite file at {path}")
@@ -234,7 +236,8 @@ def check_tflite(
     tolerance: float | None = None,
 ) -> TfliteReport:
     """Run the ``.tflite`` file at ``path`` in the LiteRT interpreter against the eager fp32
-    ``model`` on ``images`` (batch 1 each; none: :func:`random_images` at the file's size). fp32 is held to :func:`rounding_tolerance` of each input (or ``tolerance``), int8 to
+    ``model`` on ``images`` (batch 1 each; none: :func:`random_images` at the file's size).
+    fp32 is held to :func:`rounding_tolerance` of each input (or ``tolerance``), int8 to
     :data:`INT8_TOLERANCE` (or ``tolerance``) of :func:`relative_rms`; beyond: ExportCheckError."""
     model = inference_module(model)
     network = TfliteNetwork(path)
