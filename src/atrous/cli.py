@@ -491,7 +491,7 @@ def _export_fixed_size(
     names = (segmenter.class_names, segmenter.palette)
     if format == "coreml":
         report = export_coreml(segmenter.network, output, size, precision, *names, check=check)
-        console.print(f"written: {report.path}")
+        console.print(f"written: {report.path}", soft_wrap=True)
         console.print(report.describe(), soft_wrap=True)
         return
     images = calibration_images([calibration]) if calibration else []
@@ -501,7 +501,7 @@ def _export_fixed_size(
     report = export_tflite(
         segmenter.network, output, size, precision, normalised, *names, check=check
     )
-    console.print(f"written: {report.path}")
+    console.print(f"written: {report.path}", soft_wrap=True)
     for line in report.describe():
         console.print(line, soft_wrap=True)
 
