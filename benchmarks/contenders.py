@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import litert_paths
 import torch
 from harness import Runner
 from peers import Row
@@ -229,6 +230,8 @@ def _ours(
         ),
         Contender("atrous", f"optimize_for_inference {low}", low, lambda: fast(model, low, [ours])),
     ]
+    if device.type == "cpu" and litert_paths.available():
+        items += _litert(row, model, ours, calibration, folder, all_paths)
     if device.type == "cpu" and (row.int8 or all_paths):
         items.append(
             Contender(
@@ -243,3 +246,27 @@ def _ours(
             )
         )
     return items
+
+
+def _litert(
+    row: Row,
+    model: atrous.DeepLab,
+    ours: torch.Tensor,
+    calibration: list[torch.Tensor],
+    folder: Path,
+    all_paths: bool,
+) -> list[Contender]:
+    """atrous's .tflite export in the LiteRT interpreter (XNNPACK), fp32 and int8."""
+    size = tuple(ours.shape[-2:])
+    precisions = ("fp32", "int8") if row.int8 or all_paths else ("fp32",)
+    return [
+        Contender(
+            "atrous",
+            f"LiteRT {precision} (XNNPACK)",
+            precision,
+            lambda p=precision: litert_paths.tflite_runner(
+                model, size, p, calibration, folder / f"{row.key}.{p}.tflite"
+            ),
+        )
+        for precision in precisions
+    ]

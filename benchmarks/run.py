@@ -172,6 +172,7 @@ def run_row(
     log: Callable,
     all_paths: bool,
     precisions: tuple[str, ...],
+    only: list[str] | None = None,
 ) -> dict:
     """Every contender of ``row``: built, checked, timed side by side; training steps too."""
     rounds = row.rounds or rounds
@@ -183,6 +184,8 @@ def run_row(
             "peer": peer(examples["peer"]).float() if peer is not None else None,
         }
     items = contenders(row, model, peer, device, examples, folder, all_paths)
+    if only:
+        items = [i for i in items if any(f"{i.side} {i.path}".startswith(p) for p in only)]
     ready = _build_and_check(items, examples, references, device, log)
     info["conv_throughput"] = _time_rounds(ready, examples, device, rounds, precisions, row.full)
     log(f"  latency: {rounds} rounds done")
@@ -302,10 +305,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--all-paths", action="store_true", help="every peer path on every row, not only the first"
     )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated prefixes of '<side> <path>' to keep, e.g. 'atrous eager,peer ONNX'",
+    )
     parser.add_argument("--json", default=str(harness.RESULTS / "latest.json"))
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
     args.keys = list(ROWS) if args.rows == "all" else args.rows.split(",")
+    args.only = args.only.split(",") if args.only else None
     unknown = [k for k in args.keys if k not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
@@ -342,7 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         for key in args.keys:
             log(f"{key}: {ROWS[key].title}")
             row = run_row(
-                ROWS[key], device, args.rounds, Path(folder), log, args.all_paths, precisions
+                ROWS[key],
+                device,
+                args.rounds,
+                Path(folder),
+                log,
+                args.all_paths,
+                precisions,
+                args.only,
             )
             results["rows"].append(row)
             gc.collect()
