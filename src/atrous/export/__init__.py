@@ -1,5 +1,7 @@
 """Export for deployment, each format with a built-in check against the eager model."""
 
+from atrous.export.coreml import export_coreml
 from atrous.export.onnx import ExportCheckError, export_onnx, export_program
+from atrous.export.tflite import export_tflite
 
-__all__ = ["ExportCheckError", "export_onnx", "export_program"]
+__all__ = ["ExportCheckError", "export_coreml", "export_onnx", "export_program", "export_tflite"]
