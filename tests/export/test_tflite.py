@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import randomize_bn
+from PIL import Image
 
 from atrous.cli import main
 from atrous.data.synthetic import render_scene
@@ -148,17 +149,26 @@ def test_a_failed_check_keeps_the_file_as_failed_and_the_previous_export(
 
 @pytest.mark.slow
 @needs_litert_torch
-def test_int8_is_calibrated_on_scenes_and_within_the_floor(tmp_path):
+def test_int8_is_calibrated_on_a_folder_and_within_the_floor(tmp_path, capsys):
+    """``--precision int8 --calibration DIR``: scenes of another size, read and normalised as
+    the model expects; another model's logits fail the int8 floor."""
     model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "scenes").mkdir()
+    for i in range(4):
+        Image.fromarray(render_scene(0, i, 80)[0][:, :72]).save(tmp_path / "scenes" / f"{i}.png")
     path = tmp_path / "model.int8.tflite"
-    report = export_tflite(model, path, SIZE, "int8", scenes(model))
-    assert 0 < report.relative_rms <= INT8_TOLERANCE
-    assert report.precision == "int8" and read_metadata(path)["precision"] == "int8"
+    argv = ["export", "--model", str(tmp_path / "model"), "--format", "tflite", "--size", "65"]
+    argv += ["65", "--precision", "int8", "--calibration", str(tmp_path / "scenes")]
+    assert main([*argv, "--output", str(path)]) == 0
+    assert "LiteRT int8 vs eager at 65×65" in capsys.readouterr().out
     network = TfliteNetwork(path)
     assert network.input["dtype"] == np.int8 and list(network.input["shape"]) == [1, 3, *SIZE]
-    (agreement,) = report.agreement.values()
-    assert agreement.argmax_agreement > 0.9
+    assert read_metadata(path)["precision"] == "int8"
     calibration = tflite.fit_calibration(scenes(model), SIZE)
+    report = check_tflite(model, path, "int8", calibration[:2])
+    assert 0 < report.relative_rms <= INT8_TOLERANCE
+    assert report.agreement[SIZE].argmax_agreement > 0.9
     with pytest.raises(ExportCheckError, match=r"int8 LiteRT output .* rms \|Δlogit\|"):
         check_tflite(tiny_model(seed=1), path, "int8", calibration[:1])
 

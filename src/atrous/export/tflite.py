@@ -293,12 +293,11 @@ def export_tflite(
     input size (:func:`export_size`), batch 1.
 
     int8 needs ``calibration``: normalised (1, C, h, w) images (``normalise_images`` with the
-    model's mean and std), resized to the size. With
-    ``check``, the file runs in the LiteRT interpreter and is compared with the eager model
-    (:func:`check_tflite`) on random images and the first calibration images (int8: those
-    only, as random noise lies outside the calibrated ranges); on failure it is kept as
-    ``<name>.failed.tflite`` and a file already at ``path`` is left as it was
-    (ExportCheckError).
+    model's mean and std), resized to the size. With ``check``, the file runs in the LiteRT
+    interpreter and is compared with the eager model (:func:`check_tflite`) on random images
+    and the first calibration images (int8: those only, as random noise lies outside the
+    calibrated ranges); on failure it is kept as ``<name>.failed.tflite`` and a file already at
+    ``path`` is left as it was (ExportCheckError).
     """
     if precision not in ("fp32", "int8"):
         raise UsageError(f"--precision {precision}: a .tflite file is fp32 or int8")
