@@ -284,6 +284,11 @@ CASES = {
         "mlpackage",
         2,
     ),
+    "export size of three": Case(
+        ["export", "--model", "{model}", "--size", "65", "65", "3", "--output", "{tmp}/m.onnx"],
+        "--size",
+        2,
+    ),
     "export onnx int8": Case(
         ["export", "--model", "{model}", "--precision", "int8", "--output", "{tmp}/m.onnx"],
         "--precision",

@@ -449,18 +449,15 @@ def export(
         opset: ONNX opset version (18 to 23).
         check: compare the exported file's outputs with the eager model's (fp32 fails beyond ten
             times the model's own fp32 rounding, at least 1e-4 of the logits' scale).
-        size: tflite, coreml: the fixed input height and width (default: the model's training
-            crop, else 513 513).
+        size: the fixed input height and width: tflite, coreml (default: the model's training
+            crop, else 513 513); onnx (default: any size; batch stays free).
         precision: tflite: fp32 or int8 (calibrated on --calibration); coreml: fp32 or fp16.
         calibration: tflite int8: a folder (files, globs) of images to calibrate on (the first
             8 readable ones).
     """
     if format != "coreml":  # a .mlpackage is a folder: export_coreml checks it
         require_writable(output, "--output")
-    if format in ("onnx", "pt2") and precision != "fp32":
-        raise UsageError(f"--precision {precision}: --format {format} exports fp32")
-    if format == "tflite" and precision == "int8" and not calibration:
-        raise UsageError("--precision int8 needs --calibration DIR (images to calibrate on)")
+    _refuse_export_options(format, size, precision, calibration)
     segmenter = load_segmenter(model)
     if format in ("tflite", "coreml"):
         _export_fixed_size(segmenter, format, output, size, precision, calibration, check)
@@ -468,13 +465,36 @@ def export(
     if format == "pt2":
         console.print(f"written: {export_program(segmenter.network, output)}")
         return
+    fixed = (size[0], size[1]) if size else None
     report = export_onnx(
-        segmenter.network, output, segmenter.class_names, segmenter.palette, opset, check
+        segmenter.network,
+        output,
+        segmenter.class_names,
+        segmenter.palette,
+        opset,
+        check,
+        size=fixed,
     )
     console.print(f"written: {report.path}")
     for (height, width), agreement in report.agreement.items():
         console.print(
             f"ONNX Runtime vs eager at {height}×{width}: {agreement.describe()}", soft_wrap=True
+        )
+
+
+def _refuse_export_options(
+    format: str, size: list[int] | None, precision: str, calibration: str | None
+) -> None:
+    """Options ``atrous export`` refuses for ``format``, before the model loads."""
+    if format in ("onnx", "pt2") and precision != "fp32":
+        raise UsageError(f"--precision {precision}: --format {format} exports fp32")
+    if format == "tflite" and precision == "int8" and not calibration:
+        raise UsageError("--precision int8 needs --calibration DIR (images to calibrate on)")
+    if calibration and format != "tflite":
+        raise UsageError(f"--calibration: --format {format} does not calibrate (tflite int8 does)")
+    if size is not None and (format == "pt2" or len(size) != 2 or min(size) < 1):
+        raise UsageError(
+            f"--size {size}: takes a height and a width of at least 1 (onnx, tflite, coreml)"
         )
 
 
