@@ -1,7 +1,8 @@
 """The contenders of a row: every way that works to run its two networks on a device. The peer:
 eager (and, on full rows, channels_last with BN folded, torch.compile with freezing, bf16), and
 on the CPU ONNX Runtime fp32 and int8 (static QDQ, per-channel) of its dynamo export; atrous:
-eager and ``atrous.optimize_for_inference`` at fp32, bf16 (fp16 on a GPU) and int8."""
+eager and ``atrous.optimize_for_inference`` at fp32, bf16 (fp16 on a GPU) and int8, and on the
+CPU its ``.tflite`` export in LiteRT (XNNPACK) at fp32 and int8 where litert-torch is installed."""
 
 from __future__ import annotations
 
