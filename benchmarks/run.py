@@ -185,7 +185,7 @@ def run_row(
         }
     items = contenders(row, model, peer, device, examples, folder, all_paths)
     if only:
-        items = [i for i in items if any(f"{i.side} {i.path}".startswith(p) for p in only)]
+        items = [i for i in items if any(o in f"{i.side} {i.path}" for o in only)]
     ready = _build_and_check(items, examples, references, device, log)
     info["conv_throughput"] = _time_rounds(ready, examples, device, rounds, precisions, row.full)
     log(f"  latency: {rounds} rounds done")
@@ -308,7 +308,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated prefixes of '<side> <path>' to keep, e.g. 'atrous eager,peer ONNX'",
+        help="only the paths whose '<side> <path>' contains one of these comma-separated strings",
     )
     parser.add_argument("--json", default=str(harness.RESULTS / "latest.json"))
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
