@@ -443,7 +443,8 @@ def export(
 
     Args:
         model: a saved model folder, a training checkpoint (.pt) or a published checkpoint.
-        output: the file to write.
+        output: the file to write (for tflite and coreml the default becomes model.tflite,
+            model.mlpackage).
         format: onnx (checked against ONNX Runtime at two sizes), pt2 (torch.export), tflite
             (checked in the LiteRT interpreter) or coreml (checked on macOS only).
         opset: ONNX opset version (18 to 23).
@@ -455,6 +456,8 @@ def export(
         calibration: tflite int8: a folder (files, globs) of images to calibrate on (the first
             8 readable ones).
     """
+    if output == "model.onnx":  # the default names the file of the format
+        output = {"tflite": "model.tflite", "coreml": "model.mlpackage"}.get(format, output)
     if format != "coreml":  # a .mlpackage is a folder: export_coreml checks it
         require_writable(output, "--output")
     _refuse_export_options(format, size, precision, calibration)
