@@ -1,7 +1,8 @@
 """The contenders of a row: every way that works to run its two networks on a device. The peer:
 eager (and, on full rows, channels_last with BN folded, torch.compile with freezing, bf16), and
 on the CPU ONNX Runtime fp32 and int8 (static QDQ, per-channel) of its dynamo export; atrous:
-eager and ``atrous.optimize_for_inference`` at fp32, bf16 (fp16 on a GPU) and int8."""
+eager and ``atrous.optimize_for_inference`` at fp32, bf16 (fp16 on a GPU) and int8, and on the
+CPU its ``.tflite`` export in LiteRT (XNNPACK) at fp32 and int8 where litert-torch is installed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import litert_paths
 import torch
 from harness import Runner
 from peers import Row
@@ -233,6 +235,8 @@ def _ours(
         ),
         Contender("atrous", f"optimize_for_inference {low}", low, lambda: fast(model, low, [ours])),
     ]
+    if device.type == "cpu" and litert_paths.available():
+        items += _litert(row, model, ours, calibration, folder, all_paths)
     if device.type == "cpu" and (row.int8 or all_paths):
         items.append(
             Contender(
@@ -294,3 +298,27 @@ def _openvino(
             Contender("atrous", "OpenVINO int8 (NNCF)", "int8", lambda: network("int8"), True)
         )
     return items
+
+
+def _litert(
+    row: Row,
+    model: atrous.DeepLab,
+    ours: torch.Tensor,
+    calibration: list[torch.Tensor],
+    folder: Path,
+    all_paths: bool,
+) -> list[Contender]:
+    """atrous's .tflite export in the LiteRT interpreter (XNNPACK), fp32 and int8."""
+    size = tuple(ours.shape[-2:])
+    precisions = ("fp32", "int8") if row.int8 or all_paths else ("fp32",)
+    return [
+        Contender(
+            "atrous",
+            f"LiteRT {precision} (XNNPACK)",
+            precision,
+            lambda p=precision: litert_paths.tflite_runner(
+                model, size, p, calibration, folder / f"{row.key}.{p}.tflite"
+            ),
+        )
+        for precision in precisions
+    ]

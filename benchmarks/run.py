@@ -319,6 +319,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
     args.keys = list(ROWS) if args.rows == "all" else args.rows.split(",")
+    args.only = args.only.split(",") if args.only else None
     unknown = [k for k in args.keys if k not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")

@@ -316,7 +316,27 @@ CASES = {
     "export output folder missing": Case(
         ["export", "--model", "{model}", "--output", "{tmp}/nowhere/m.onnx"], "nowhere", 2
     ),
-    "export format": Case(["export", "--model", "{model}", "--format", "tflite"], "format", 2),
+    "export format": Case(["export", "--model", "{model}", "--format", "caffe2"], "format", 2),
+    "export tflite int8 uncalibrated": Case(
+        ["export", "--model", "{model}", "--format", "tflite", "--precision", "int8"],
+        "--calibration",
+        2,
+    ),
+    "export coreml not mlpackage": Case(
+        ["export", "--model", "{model}", "--format", "coreml", "--output", "{tmp}/m.mlmodel"],
+        "mlpackage",
+        2,
+    ),
+    "export size of three": Case(
+        ["export", "--model", "{model}", "--size", "65", "65", "3", "--output", "{tmp}/m.onnx"],
+        "--size",
+        2,
+    ),
+    "export onnx int8": Case(
+        ["export", "--model", "{model}", "--precision", "int8", "--output", "{tmp}/m.onnx"],
+        "--precision",
+        2,
+    ),
     "export opset word": Case(["export", "--model", "{model}", "--opset", "new"], "opset", 2),
     "export invalid json": Case(
         ["export", "--model", "{tmp}/m", "--output", "{tmp}/m.onnx"],

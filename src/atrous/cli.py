@@ -475,26 +475,29 @@ def export(
     check: bool = True,
     precision: ExportPrecision = "fp32",
     calibration: str | None = None,
-    size: tuple[int, int] | None = None,
+    size: list[int] | None = None,
 ) -> None:
     """Export a model for deployment (docs/deployment.md has the table of formats).
 
     Args:
         model: a saved model folder, a training checkpoint (.pt) or a published checkpoint.
         output: the file to write (default model.onnx; openvino: model.xml, weights in
-            model.bin).
+            model.bin; tflite: model.tflite; coreml: model.mlpackage).
         format: onnx (checked against ONNX Runtime at two sizes), pt2 (torch.export), openvino
-            (IR, checked in OpenVINO at f32 at two sizes) or tensorrt (ONNX that TensorRT
-            accepts: int8 symmetric QDQ, checked in ONNX Runtime).
+            (IR, checked in OpenVINO at f32 at two sizes), tflite (LiteRT at one size, checked in
+            its interpreter), coreml (.mlpackage at one size; checked on macOS only) or tensorrt
+            (ONNX that TensorRT accepts: int8 symmetric QDQ, checked in ONNX Runtime).
         opset: ONNX opset version (18 to 23).
         check: compare the exported file's outputs with the eager model's (fp32 fails beyond ten
             times the model's own fp32 rounding, at least 1e-4 of the logits' scale).
-        precision: fp32, or int8 (openvino: NNCF post-training quantisation; tensorrt: QDQ).
+        precision: fp32; int8 for openvino (NNCF), tflite and tensorrt (QDQ); fp16 for coreml.
         calibration: int8: images to calibrate on (a folder, files, globs; the first 8).
-        size: onnx, tensorrt: fix the input to HEIGHT WIDTH (batch stays free; no Shape nodes);
-            default any size.
+        size: the input's HEIGHT WIDTH: onnx, tensorrt (batch stays free; no Shape nodes;
+            default any size); tflite, coreml (default: the model's training crop, else 513 513).
     """
-    options = ExportOptions(format, opset, check, precision, calibration, size)
+    options = ExportOptions(
+        format, opset, check, precision, calibration, tuple(size) if size else None
+    )
     summary = export_model(model, output, options)
     console.print(f"written: {summary.path}", soft_wrap=True)
     for line in summary.lines:

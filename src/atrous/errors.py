@@ -19,7 +19,9 @@ REPORT_TO = "the atrous issue tracker"
 EXTRAS = {
     "ai_edge_litert": "tflite",
     "av": "video",
+    "coremltools": "coreml",
     "gradio": "serve",
+    "litert_torch": "tflite",
     "mlflow": "mlflow",
     "nncf": "openvino",
     "openvino": "openvino",

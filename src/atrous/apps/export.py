@@ -17,7 +17,7 @@ from atrous.hub.load import load_segmenter
 from atrous.inference.fast import normalise_images
 from atrous.inference.predict import Segmenter, calibration_images
 
-ExportFormat = Literal["onnx", "pt2", "openvino", "tensorrt"]
+ExportFormat = Literal["onnx", "pt2", "openvino", "tflite", "coreml", "tensorrt"]
 ExportPrecision = Literal["fp32", "fp16", "int8"]
 
 #: The precisions each format writes (the first is the default).
@@ -25,12 +25,14 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32",),
     "pt2": ("fp32",),
     "openvino": ("fp32", "int8"),
+    "tflite": ("fp32", "int8"),
+    "coreml": ("fp32", "fp16"),
     "tensorrt": ("fp32", "int8"),
 }
-#: Formats whose graph can be fixed to one input size with ``--size``.
-SIZED = {"onnx", "tensorrt"}
+#: Formats whose input can be fixed to one size with ``--size`` (tflite and coreml always are).
+SIZED = {"onnx", "tensorrt", "tflite", "coreml"}
 #: The output's name when ``--output`` is left at its default (model.onnx).
-DEFAULT_OUTPUTS = {"openvino": "model.xml"}
+DEFAULT_OUTPUTS = {"openvino": "model.xml", "tflite": "model.tflite", "coreml": "model.mlpackage"}
 #: The ending a format's output must have (an OpenVINO IR is NAME.xml with NAME.bin beside).
 SUFFIXES = {"openvino": ".xml"}
 
@@ -91,7 +93,8 @@ def export_model(model: str, output: str, options: ExportOptions) -> ExportSumma
     suffix = SUFFIXES.get(options.format)
     if suffix and Path(output).suffix != suffix:
         raise UsageError(f"--output {output}: --format {options.format} writes NAME{suffix}")
-    require_writable(output, "--output")
+    if options.format != "coreml":  # a .mlpackage is a folder: export_coreml checks it
+        require_writable(output, "--output")
     images = _calibration(options.calibration)
     segmenter = load_segmenter(model)
     return EXPORTERS[options.format](segmenter, output, options, images)
@@ -181,11 +184,46 @@ def _openvino(
     return ExportSummary(report.path, lines)
 
 
+def _tflite(
+    segmenter: Segmenter, output: str, options: ExportOptions, images: list
+) -> ExportSummary:
+    """LiteRT at one size (fp32, or int8 calibrated), checked in the LiteRT interpreter."""
+    from atrous.export.tflite import export_tflite
+
+    normalised = normalise_images(images, segmenter.mean, segmenter.std)
+    names = (segmenter.class_names, segmenter.palette)
+    report = export_tflite(
+        segmenter.network,
+        output,
+        options.size,
+        options.precision,
+        normalised,
+        *names,
+        check=options.check,
+    )
+    return ExportSummary(report.path, list(report.describe()))
+
+
+def _coreml(
+    segmenter: Segmenter, output: str, options: ExportOptions, images: list
+) -> ExportSummary:
+    """A Core ML package at one size (fp32 or fp16); its run-time check needs macOS."""
+    from atrous.export.coreml import export_coreml
+
+    names = (segmenter.class_names, segmenter.palette)
+    report = export_coreml(
+        segmenter.network, output, options.size, options.precision, *names, check=options.check
+    )
+    return ExportSummary(report.path, [report.describe()])
+
+
 Exporter = Callable[[Segmenter, str, ExportOptions, list], ExportSummary]
 #: The writer of each format.
 EXPORTERS: dict[str, Exporter] = {
     "onnx": _onnx,
     "pt2": _pt2,
     "openvino": _openvino,
+    "tflite": _tflite,
+    "coreml": _coreml,
     "tensorrt": _tensorrt,
 }

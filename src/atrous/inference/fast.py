@@ -429,7 +429,7 @@ def _reference_and_folded(model: nn.Module, batch: torch.Tensor) -> tuple[torch.
 class _SizeDispatch:
     """A graph made for one image size, and the any-size graph for the others."""
 
-    def __init__(self, size: tuple[int, int], fixed: OnnxNetwork, general: OnnxNetwork) -> None:
+    def __init__(self, size: tuple[int, int], fixed: Network, general: Network) -> None:
         self.size, self.fixed, self.general = size, fixed, general
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -490,6 +490,17 @@ def _openvino_network(folded: nn.Module, size: tuple[int, int], folder: Path) ->
     return OpenvinoNetwork(export_openvino(folded, folder / "model.xml", check=False).path)
 
 
+def _tflite_network(folded: nn.Module, size: tuple[int, int], folder: Path) -> _SizeDispatch:
+    """LiteRT (XNNPACK) on a .tflite file of the folded model at ``size`` (a LiteRT graph takes
+    one size); images of other sizes run on PyTorch."""
+    from atrous.export.tflite import TfliteNetwork, export_tflite
+
+    module = copy.deepcopy(folded).to(memory_format=torch.contiguous_format)
+    path = export_tflite(module, folder / "model.tflite", size, check=False).path
+    return _SizeDispatch(size, TfliteNetwork(path), _torch_network(folded, size, folder))
+
+
 register_runtime("torch", "torch", _torch_network)
 register_runtime("onnxruntime", "onnxruntime", _onnxruntime_network)
 register_runtime("openvino", "openvino", _openvino_network)
+register_runtime("tflite", "litert_torch", _tflite_network)  # converts; ai_edge_litert runs

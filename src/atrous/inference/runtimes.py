@@ -4,9 +4,10 @@ correct, chosen by a short measurement on the first input size.
 A runtime is a factory taking the BN-folded fp32 model (eval mode, on the CPU), the example's
 size (H, W) and a folder for its files, and returning a network: a callable from normalised
 (N, C, H, W) tensors to logits, like :class:`~atrous.export.onnx.OnnxNetwork`. Adding one is a
-line beside the built-in ones in :mod:`atrous.inference.fast`::
+line beside the built-in ones in :mod:`atrous.inference.fast` (torch, ONNX Runtime, OpenVINO,
+LiteRT)::
 
-    register_runtime("openvino", "openvino", openvino_network)
+    register_runtime("openvino", "openvino", _openvino_network)
 
 :func:`fastest` builds each installed runtime, holds it to the fp32 agreement check (a runtime
 that fails it is never chosen), times a few calls at the example's size after a warm-up (the
@@ -47,10 +48,6 @@ class Runtime:
 
 #: Runtimes by name, in the order ``auto`` tries them.
 RUNTIMES: dict[str, Runtime] = {}
-#: Runtimes the command offers, by the package each needs (those not registered in this
-#: version are refused with that reason).
-KNOWN = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-KNOWN["tflite"] = "ai_edge_litert"
 _CHOICES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], RuntimeChoice]] = (
     weakref.WeakKeyDictionary()
 )
@@ -78,12 +75,11 @@ def installed(name: str) -> bool:
 def require_runtime(name: str) -> Runtime:
     """The runtime ``--runtime name`` asks for; one clear error when it cannot run here: the
     extra to install for a missing package, or the runtimes this version offers."""
-    module = RUNTIMES[name].module if name in RUNTIMES else KNOWN.get(name)
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise missing_dependency(module, f"--runtime {name}")
     if name not in RUNTIMES:
         offered = ", ".join(["auto", *RUNTIMES])
         raise UsageError(f"--runtime {name}: not available in this version of atrous ({offered})")
+    if importlib.util.find_spec(RUNTIMES[name].module) is None:
+        raise missing_dependency(RUNTIMES[name].module, f"--runtime {name}")
     return RUNTIMES[name]
 
 
