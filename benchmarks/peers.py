@@ -158,6 +158,15 @@ ROWS = {
             peer_size=(512, 512),
         ),
         Row(
+            "r101_os16_513",
+            "DeepLabV3+ ResNet-101 OS16 (paper)",
+            "smp DeepLabV3Plus resnet101",
+            (513, 513),
+            _named("deeplabv3plus_resnet101", lambda: smp_model("resnet101")),
+            False,
+            peer_size=(512, 512),
+        ),
+        Row(
             "mnv2_os16_513",
             "DeepLabV3+ MobileNetV2 OS16 (paper)",
             "smp DeepLabV3Plus mobilenet_v2",

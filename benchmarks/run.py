@@ -319,7 +319,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
     args.keys = list(ROWS) if args.rows == "all" else args.rows.split(",")
-    args.only = args.only.split(",") if args.only else None
+    args.only = [o for o in args.only.split(",") if o]
     unknown = [k for k in args.keys if k not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
@@ -366,9 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             row = ROWS[key]
             if args.no_train:
                 row = dataclasses.replace(row, train=False)
-            only = [o for o in args.only.split(",") if o]
             row = run_row(
-                row, device, args.rounds, Path(folder), log, args.all_paths, precisions, only
+                row, device, args.rounds, Path(folder), log, args.all_paths, precisions, args.only
             )
             results["rows"].append(row)
             gc.collect()
