@@ -142,13 +142,12 @@ def test_eval_runtime_by_name_runs_fast_and_records_it(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_openvino_runs_the_fast_path_at_f32(model):
     """The OpenVINO runtime (its IR compiled at f32) passes the fp32 check and gives the eager
-    logits; auto measures it beside torch and ONNX Runtime."""
+    logits, at the example's size and another."""
     pytest.importorskip("openvino")
     network = optimize_for_inference(model, SIZE, backend="openvino")
     assert network.report.backend == "openvino"
-    batch = torch.randn(2, 3, *SIZE)
-    with torch.no_grad():
-        expected = model(batch)
-    assert (network(batch) - expected).abs().max() <= 1e-4 * expected.abs().max()
-    choice = optimize_for_inference(model, SIZE, backend="fastest").report.choice
-    assert all(f"{name} " in choice for name in ("torch", "onnxruntime", "openvino"))
+    for size in (SIZE, (49, 57)):
+        batch = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = model(batch)
+        assert (network(batch) - expected).abs().max() <= 1e-4 * expected.abs().max()
