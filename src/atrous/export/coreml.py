@@ -134,9 +134,7 @@ def check_coreml(
             allowed = exact if precision == "fp32" else max(FP16_TOLERANCE, exact)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         require_agreement(agreement, allowed, "Core ML output at {}×{}".format(*size))
-        seen = report.agreement.get(size)
-        if seen is None or agreement.relative_diff > seen.relative_diff:
-            report.agreement[size], report.tolerance[size] = agreement, allowed
+        report.keep_worst(size, agreement, allowed)
     return report
 
 

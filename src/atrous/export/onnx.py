@@ -151,6 +151,13 @@ class ExportReport:
     agreement: dict[tuple[int, int], LogitAgreement]
     tolerance: dict[tuple[int, int], float] = field(default_factory=dict)
 
+    def keep_worst(self, size: tuple[int, int], agreement: LogitAgreement, allowed: float) -> None:
+        """Record ``agreement`` at ``size`` (held to ``allowed``) unless one further from the
+        eager model is already recorded there: the report states each size's worst input."""
+        seen = self.agreement.get(size)
+        if seen is None or agreement.relative_diff > seen.relative_diff:
+            self.agreement[size], self.tolerance[size] = agreement, allowed
+
 
 def model_metadata(
     model: nn.Module,
@@ -291,10 +298,7 @@ def check_graph(
         if allowed is None:
             allowed = rounding_tolerance(model, images, reference)
         require_agreement(agreement, allowed, f"ONNX output at {height}×{width}")
-        seen = report.agreement.get((height, width))
-        if seen is None or agreement.relative_diff > seen.relative_diff:
-            report.agreement[(height, width)] = agreement
-            report.tolerance[(height, width)] = allowed
+        report.keep_worst((height, width), agreement, allowed)
     return report
 
 

@@ -232,9 +232,7 @@ def check_ir(
             if allowed is None:
                 allowed = rounding_tolerance(model, images, reference)
             require_agreement(agreement, allowed, what)
-        seen = report.agreement.get(size)
-        if seen is None or agreement.relative_diff > seen.relative_diff:
-            report.agreement[size], report.tolerance[size] = agreement, allowed
+        report.keep_worst(size, agreement, allowed)
     return report
 
 

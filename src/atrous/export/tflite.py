@@ -262,9 +262,7 @@ def check_tflite(
             if allowed is None:
                 allowed = rounding_tolerance(model, image, reference)
             require_agreement(agreement, allowed, "LiteRT output at {}×{}".format(*size))
-        seen = report.agreement.get(size)
-        if seen is None or agreement.relative_diff > seen.relative_diff:
-            report.agreement[size], report.tolerance[size] = agreement, allowed
+        report.keep_worst(size, agreement, allowed)
     return report
 
 
