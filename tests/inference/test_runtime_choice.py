@@ -140,12 +140,16 @@ def test_eval_runtime_by_name_runs_fast_and_records_it(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_openvino_runs_the_fast_path_at_f32(model):
-    """The OpenVINO runtime (its IR compiled at f32) passes the fp32 check and gives the eager
-    logits, at the example's size and another."""
-    pytest.importorskip("openvino")
-    network = optimize_for_inference(model, SIZE, backend="openvino")
-    assert network.report.backend == "openvino"
+@pytest.mark.parametrize(
+    ("runtime", "package"), [("openvino", "openvino"), ("tflite", "litert_torch")]
+)
+def test_openvino_and_litert_run_the_fast_path(model, runtime, package):
+    """OpenVINO (its IR compiled at f32) and LiteRT (a .tflite file at the example's size,
+    PyTorch for other sizes) pass the fp32 check and give the eager logits at the example's
+    size and another."""
+    pytest.importorskip(package)
+    network = optimize_for_inference(model, SIZE, backend=runtime)
+    assert network.report.backend == runtime
     for size in (SIZE, (49, 57)):
         batch = torch.randn(2, 3, *size)
         with torch.no_grad():
