@@ -112,6 +112,11 @@ def test_bad_sources_are_named(model, tmp_path, monkeypatch):
     (tmp_path / "model.onnx").write_bytes(b"")
     with pytest.raises(ValueError, match="exported ONNX graph, not a model to rebuild"):
         atrous.load(tmp_path / "model.onnx")
+    with pytest.raises(FileNotFoundError, match=r"^runs/no/model: no such file or folder$"):
+        atrous.load("runs/no/model")  # not a Hub repo id either
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"the default\): run `atrous demo` first"):
+        load_segmenter("runs/demo/model")
 
 
 def test_load_segmenter_applies_the_output_stride_to_the_loaded_model(model, tmp_path):

@@ -22,7 +22,7 @@ import torch
 
 from atrous.hub.published import fetch
 from atrous.hub.registry import get_published, is_published
-from atrous.inference.predict import Segmenter
+from atrous.inference.predict import DEMO_MODEL, Segmenter
 from atrous.inference.strategies import InferenceConfig
 from atrous.models.config import ModelConfig
 from atrous.models.model import DeepLab
@@ -129,6 +129,10 @@ def load_segmenter(
     """A :class:`Segmenter` for raw images: of the model :func:`load` returns for ``source``,
     or of an exported ``.onnx`` file (run by ONNX Runtime on the CPU) or OpenVINO IR (``.xml``,
     run by OpenVINO on the CPU)."""
+    if Path(source) == Path(DEMO_MODEL) and not Path(source).is_dir():  # the commands' default
+        raise FileNotFoundError(
+            f"no model at {source} (the default): run `atrous demo` first, or name one with --model"
+        )
     if Path(source).suffix == ".onnx":
         return Segmenter.from_onnx(source, inference, precision)
     if Path(source).suffix == ".xml":

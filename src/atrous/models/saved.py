@@ -180,6 +180,8 @@ class SavedModel(PyTorchModelHubMixin):
         ) as error:
             if source.is_dir():
                 raise
+            if isinstance(error, HFValidationError):  # not a repo id either: a missing path
+                raise FileNotFoundError(f"{source}: no such file or folder") from None
             raise FileNotFoundError(
                 f"{source}: no such folder, and no Hugging Face model repo of that name could be "
                 f"read ({type(error).__name__}: {error})"
