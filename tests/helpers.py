@@ -290,3 +290,14 @@ def write_geotiff(path: Path, array: np.ndarray, nodata=None, georeferenced: boo
     profile.update(tiled=True, blockxsize=16, blockysize=16, compress="deflate")
     with rasterio.open(path, "w", **profile) as dataset:
         dataset.write(array)
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    """DeepLabV3+ MobileNetV2 at width 0.25, 3 classes, in eval mode, with BN statistics drawn
+    and the classifier ×20 so that logits reach a few units (export checks need a scale)."""
+    torch.manual_seed(seed)
+    model = create_model("deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.25)
+    randomize_bn(model, seed)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
+    return model.eval()

@@ -10,26 +10,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_bn
+from helpers import tiny_model
 
 from atrous.cli import main
 from atrous.errors import AtrousError, UsageError
 from atrous.export import coreml
 from atrous.export.coreml import FP16_TOLERANCE, METADATA_KEY, check_coreml, export_coreml
 from atrous.export.onnx import ExportCheckError
-from atrous.models.zoo import create_model
 
 SIZE = (65, 65)
 on_macos = sys.platform == "darwin"
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.25)
-    randomize_bn(model, seed)
-    with torch.no_grad():
-        model.classifier.weight.mul_(20)
-    return model.eval()
 
 
 def package_metadata(path) -> dict:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_bn
+from helpers import tiny_model
 from PIL import Image
 
 from atrous.cli import main
@@ -26,23 +26,12 @@ from atrous.export.tflite import (
     read_metadata,
 )
 from atrous.inference.fast import normalise_images
-from atrous.models.zoo import create_model
 
 SIZE = (65, 65)
 needs_litert_torch = pytest.mark.skipif(
     importlib.util.find_spec("litert_torch") is None,
     reason="needs litert-torch (pip install 'atrous[tflite]')",
 )
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    """Width 0.25, 3 classes, BN statistics and a classifier ×20 so logits reach a few units."""
-    torch.manual_seed(seed)
-    model = create_model("deeplabv3plus_mobilenetv2", num_classes=3, width_multiplier=0.25)
-    randomize_bn(model, seed)
-    with torch.no_grad():
-        model.classifier.weight.mul_(20)
-    return model.eval()
 
 
 def scenes(model: torch.nn.Module, count: int = 4) -> list[torch.Tensor]:
