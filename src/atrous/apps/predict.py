@@ -53,8 +53,10 @@ class PredictInputs:
     def find(cls, inputs: Sequence[str | Path]) -> PredictInputs:
         """Sort ``inputs``; nothing to segment is an :class:`~atrous.errors.InputError` naming
         them (before any model loads)."""
-        videos = [Path(item) for item in inputs if is_video(item) and Path(item).is_file()]
-        others = [item for item in inputs if not (is_video(item) and Path(item).is_file())]
+        videos, others = [], []
+        for item in inputs:
+            is_clip = is_video(item) and Path(item).is_file()
+            (videos if is_clip else others).append(Path(item) if is_clip else item)
         files = expand_inputs(others) if others or not videos else []
         return cls(videos, files)
 
