@@ -10,6 +10,15 @@ from helpers import random_image, tiny_config, write_index_png, write_rgb
 from atrous.training.loop import train
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test its own ATROUS_CACHE: no remembered runtime choice or download leaks between
+    tests, or from the user's own cache into them."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("ATROUS_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """Output folder of a 12-iteration run of :func:`tiny_config` (checkpoints, saved model)."""

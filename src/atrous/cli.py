@@ -310,8 +310,9 @@ def evaluate(
         fast: run the network optimised for inference (atrous.optimize_for_inference); int8
             calibrates on the split's first 8 images.
         pipeline: images per forward pass (of one size) and decoding processes.
-        runtime: run fp32 on this runtime (implies --fast): auto measures the installed ones on
-            the first image's size and takes the fastest that passes the fp32 check.
+        runtime: run the fast path (fp32 or int8) on this runtime (implies --fast); auto, the
+            default of --fast on the CPU, measures the installed ones on the first image's size
+            once per model and machine and takes the fastest that passes the check.
     """
     report = evaluate_model(
         model,
@@ -434,12 +435,13 @@ def predict(
         save_entropy: also write each pixel's entropy of the class probabilities (nats, 0 to
             log C) as float16 entropy/<stem>.npy (rasters: entropy/<stem>.tif).
         save_masks: videos: also write each frame's mask (masks/<stem>/<frame>.png).
-        runtime: run fp32 on this runtime (implies --fast): auto measures the installed ones on
-            the first image's size and takes the fastest that passes the fp32 check.
+        runtime: run the fast path (fp32 or int8) on this runtime (implies --fast); auto, the
+            default of --fast on the CPU, measures the installed ones on the first image's size
+            once per model and machine and takes the fastest that passes the check.
     """
     found = PredictInputs.find(inputs)  # no image to segment: said before the model loads
     segmenter = load_predictor(model, inference, precision, device, found, fast, runtime)
-    if runtime is not None:
+    if fast or runtime is not None:
         chosen = segmenter.network.report
         console.print(chosen.choice or f"runtime: {chosen.backend}", soft_wrap=True)
     maps = (("confidence",) if save_confidence else ()) + (("entropy",) if save_entropy else ())

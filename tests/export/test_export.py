@@ -112,7 +112,7 @@ def test_large_logits_pass_the_export_and_fast_path_checks(untrained_resnet101, 
     output = tmp_path / "r101.onnx"
     assert main(["export", "--model", str(untrained_resnet101), "--output", str(output)]) == 0
     assert capsys.readouterr().out.count("ONNX Runtime vs eager") == 2
-    network = optimize_for_inference(load(untrained_resnet101))
+    network = optimize_for_inference(load(untrained_resnet101), backend="onnxruntime")
     agreement = network.report.agreement
     assert network.report.backend == "onnxruntime" and agreement.scale > 100
     assert network.report.tolerance >= RELATIVE_TOLERANCE

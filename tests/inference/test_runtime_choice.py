@@ -1,12 +1,15 @@
-"""``--runtime``: the fp32 fast path on a runtime by name, or the fastest installed one that
-passes the fp32 check (atrous.inference.runtimes), on a tiny MobileNetV2 (×0.25, 3 classes).
+"""``--runtime`` and the default of ``--fast``: the fast path on a runtime by name, or the
+fastest installed one that passes the check (atrous.inference.runtimes), remembered on this
+machine (atrous.inference.choices), on a tiny MobileNetV2 (×0.25, 3 classes).
 
 Which runtime wins is the machine's business; these tests check that only a correct one can
-win, that the choice and the timings are reported and cached, and that a runtime that cannot
-run here is one clear error."""
+win, that the choice and the timings are reported and remembered (and measured again when what
+decides them changes), and that a runtime that cannot run here is one clear error. Each test
+has its own ATROUS_CACHE (conftest)."""
 
 import importlib.util
 import json
+import time
 
 import pytest
 import torch
@@ -15,8 +18,10 @@ from PIL import Image
 
 from atrous.cli import main
 from atrous.errors import AtrousError, UsageError
+from atrous.export.tflite import relative_rms
+from atrous.inference.choices import choices_file
 from atrous.inference.fast import optimize_for_inference
-from atrous.inference.runtimes import RUNTIMES, Runtime, require_runtime
+from atrous.inference.runtimes import INT8_FLOOR, RUNTIMES, Runtime, require_runtime
 from atrous.models.zoo import create_model
 
 SIZE = (65, 81)
@@ -34,18 +39,20 @@ def model():
 def only_torch_and(monkeypatch):
     """The registry with torch and the given runtimes only (no ONNX export: fast tests)."""
 
-    def install(**extra):
+    def install(int8=None, **extra):
         for name in [n for n in RUNTIMES if n != "torch"]:
             monkeypatch.delitem(RUNTIMES, name)
         for name, build in extra.items():
             monkeypatch.setitem(RUNTIMES, name, Runtime(name, "torch", build))
+        for name, build in (int8 or {}).items():
+            monkeypatch.setitem(RUNTIMES, name, Runtime(name, "torch", None, build))
 
     return install
 
 
 def test_auto_never_chooses_a_runtime_that_fails_the_check(model, only_torch_and):
-    """A runtime that answers instantly with wrong logits is refused; the choice is cached per
-    model and size (the second network is built from the cached choice alone)."""
+    """A runtime that answers instantly with wrong logits is refused; the choice is remembered
+    per model and size (the second network is built from the remembered choice alone)."""
     builds = []
 
     def wrong(folded, size, folder):
@@ -53,16 +60,18 @@ def test_auto_never_chooses_a_runtime_that_fails_the_check(model, only_torch_and
         return lambda images: torch.zeros(images.shape[0], 3, *images.shape[-2:])
 
     only_torch_and(wrong=wrong)
-    network = optimize_for_inference(model, SIZE, backend="fastest")
+    network = optimize_for_inference(model, SIZE, backend="auto")
     report = network.report
-    assert report.backend == "torch" and report.choice.startswith("runtime auto: torch at 65×81")
+    assert report.backend == "torch"
+    assert report.choice.startswith("runtime auto: torch for fp32 at 65×81")
     assert "torch" in report.choice and "wrong refused" in report.choice
     batch = torch.randn(2, 3, *SIZE)
     with torch.no_grad():
         assert (network(batch) - model(batch)).abs().max() <= 1e-4 * model(batch).abs().max()
-    again = optimize_for_inference(model, SIZE, backend="fastest")
-    assert again.report.choice == report.choice and builds == [SIZE]
-    optimize_for_inference(model, (49, 49), backend="fastest")  # another size: measured again
+    again = optimize_for_inference(model, SIZE)
+    assert again.report.choice.startswith(report.choice) and builds == [SIZE]
+    assert again.report.choice.endswith(f"measured earlier ({choices_file()})")
+    optimize_for_inference(model, (49, 49), backend="auto")  # another size: measured again
     assert builds == [SIZE, (49, 49)]
 
 
@@ -71,8 +80,6 @@ def test_auto_picks_the_fastest_correct_runtime(model, only_torch_and):
 
     def slow(folded, size, folder):
         def run(images):
-            import time
-
             time.sleep(0.05)
             with torch.no_grad():
                 return folded(images.contiguous())
@@ -80,9 +87,59 @@ def test_auto_picks_the_fastest_correct_runtime(model, only_torch_and):
         return run
 
     only_torch_and(slow=slow)
-    report = optimize_for_inference(model, SIZE, backend="fastest").report
+    report = optimize_for_inference(model, SIZE, backend="auto").report
     assert report.backend == "torch"
     assert "slow " in report.choice and " ms" in report.choice and "refused" not in report.choice
+
+
+def test_a_remembered_choice_is_measured_again_when_what_decides_it_changes(model, only_torch_and):
+    """Another runtime installed, or an unreadable choices file: measured again; a choice
+    whose runtime no longer passes the check: measured again too."""
+    builds = []
+
+    def counted(folded, size, folder):
+        builds.append("counted")
+        return lambda images: folded(images.contiguous())
+
+    only_torch_and(counted=counted)
+    optimize_for_inference(model, SIZE)
+    assert builds == ["counted"] and json.loads(choices_file().read_text())
+    only_torch_and(counted=counted, other=lambda folded, size, folder: folded)
+    assert "measured earlier" not in optimize_for_inference(model, SIZE).report.choice
+    assert builds == ["counted", "counted"]
+    choices_file().write_text("{not json")
+    assert "measured earlier" not in optimize_for_inference(model, SIZE).report.choice
+    assert len(builds) == 3 and json.loads(choices_file().read_text())
+
+
+def test_int8_auto_refuses_a_runtime_far_from_the_best_one(model, only_torch_and):
+    """int8 candidates are timed only when they stay near the best one's distance from the
+    eager logits: a faster runtime with noisy logits loses to a slower, close one."""
+
+    def close(folded, size, folder, calibration):
+        assert calibration and calibration[0].shape == (1, 3, *SIZE)
+
+        def run(images):
+            time.sleep(0.03)
+            return folded(images.contiguous()) * 1.01
+
+        return run
+
+    def noisy(folded, size, folder, calibration):
+        def run(images):
+            logits = folded(images.contiguous())
+            return logits + logits.abs().max() * torch.randn_like(logits)
+
+        return run
+
+    only_torch_and(int8={"close": close, "noisy": noisy})
+    calibration = [torch.randn(1, 3, *SIZE) for _ in range(2)]
+    report = optimize_for_inference(model, SIZE, precision="int8", calibration=calibration).report
+    assert report.backend == "close" and report.precision == "int8"
+    assert report.choice.startswith("runtime auto: close for int8 at 65×81 (the only one")
+    assert "noisy refused (int8 RMS difference" in report.choice
+    with pytest.raises(UsageError, match="--runtime torch runs fp32 only; int8 runs on: auto"):
+        require_runtime("torch", "int8")
 
 
 def test_a_runtime_by_name_is_checked_like_any(model, only_torch_and):
@@ -118,7 +175,8 @@ def test_predict_runtime_openvino_that_cannot_run_is_one_clear_error(tiny_run, t
 
 @pytest.mark.slow
 def test_predict_runtime_auto_prints_its_choice(tiny_run, tmp_path, capsys):
-    """With the real registry: torch and ONNX Runtime both measured, both pass the check."""
+    """With the real registry: torch and ONNX Runtime both measured, both pass the check; the
+    next run's default (``--fast``) takes the remembered choice."""
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(2):
@@ -128,6 +186,9 @@ def test_predict_runtime_auto_prints_its_choice(tiny_run, tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("runtime auto"))
     assert "torch" in line and "onnxruntime" in line and "refused" not in line
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 2
+    assert main([*args, "--output_dir", str(tmp_path / "again"), "--fast", "true"]) == 0
+    again = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("runtime auto"))
+    assert again.startswith(line) and again.endswith(f"measured earlier ({choices_file()})")
 
 
 @pytest.mark.slow
@@ -155,3 +216,25 @@ def test_openvino_and_litert_run_the_fast_path(model, runtime, package):
         with torch.no_grad():
             expected = model(batch)
         assert (network(batch) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("runtime", "package"),
+    [("onnxruntime", "onnxruntime"), ("openvino", "nncf"), ("tflite", "litert_torch")],
+)
+def test_each_int8_runtime_keeps_the_predictions(model, runtime, package):
+    """Each runtime's int8 network (ONNX Runtime QDQ, OpenVINO NNCF, LiteRT PT2E), calibrated
+    on a few images, stays near the eager logits on images like them at the example's size."""
+    pytest.importorskip(package)
+    generator = torch.Generator().manual_seed(1)
+    images = [torch.randn(1, 3, *SIZE, generator=generator) for _ in range(4)]
+    network = optimize_for_inference(
+        model, images[0], precision="int8", calibration=images[:3], backend=runtime
+    )
+    assert network.report.backend == runtime and network.report.precision == "int8"
+    with torch.no_grad():
+        expected = model(images[3])
+    logits = network(images[3])
+    assert logits.shape == expected.shape
+    assert relative_rms(logits, expected) <= INT8_FLOOR

@@ -174,7 +174,7 @@ def test_profile_and_batchnorm_folding():
 @pytest.mark.slow
 def test_fast_path():
     """The ONNX Runtime network passes the fast path's fp32 agreement check (it raises if not)."""
-    network = optimize_for_inference(efficientnet_b0(), example=(65, 65))
+    network = optimize_for_inference(efficientnet_b0(), (65, 65), backend="onnxruntime")
     assert network.report.agreement.argmax_agreement == 1.0
 
 

@@ -26,7 +26,6 @@ from atrous.hub.registry import PublishedScore, get_published, is_published, pub
 from atrous.inference.fast import CALIBRATION_IMAGES
 from atrous.inference.pipeline import PipelineConfig
 from atrous.inference.predict import Segmenter, fast_segmenter
-from atrous.inference.runtimes import runtime_backend
 from atrous.inference.strategies import InferenceConfig
 from atrous.runtime.distributed import init_distributed, shutdown_distributed
 
@@ -108,7 +107,7 @@ def evaluation_segmenter(
     if fast:
         count = min(CALIBRATION_IMAGES, len(dataset))
         images = [dataset.load(i)[0] for i in range(count)]
-        segmenter = fast_segmenter(segmenter, precision, images, runtime_backend(runtime))
+        segmenter = fast_segmenter(segmenter, precision, images, runtime or "auto")
     if segmenter.num_classes != dataset.num_classes:
         raise InputError(
             f"the model {model} predicts {segmenter.num_classes} classes, the dataset has "

@@ -24,7 +24,6 @@ from atrous.inference.predict import (
 )
 from atrous.inference.raster import predict_rasters, split_rasters
 from atrous.inference.regions import MapName
-from atrous.inference.runtimes import runtime_backend
 from atrous.inference.strategies import InferenceConfig
 from atrous.inference.video import VideoReport, first_frames, is_video, predict_video
 from atrous.runtime.distributed import resolve_device
@@ -87,7 +86,7 @@ def load_predictor(
     )
     if not fast:
         return segmenter
-    backend = runtime_backend(runtime)
+    backend = runtime or "auto"
     return fast_segmenter(segmenter, precision, inputs.calibration(), backend)
 
 

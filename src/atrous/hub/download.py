@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 from atrous.errors import AtrousError
+from atrous.runtime.cache import cache_root
 
 #: Bump when a converter's output changes for the same input, so cached folders are rebuilt.
 CONVERSION_REVISION = 2
@@ -46,10 +47,6 @@ def converter_version() -> str:
     except PackageNotFoundError:
         package = "unknown"
     return f"atrous {package}, conversion {CONVERSION_REVISION}"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ATROUS_CACHE", Path.home() / ".cache" / "atrous"))
 
 
 def cached_folder(name: str) -> Path:

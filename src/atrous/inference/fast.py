@@ -5,18 +5,24 @@
     segmenter.network = network  # segment(), evaluation and prediction take it as it is
 
 Every BatchNorm is folded into the conv before it and the weights move to channels_last; then
-the network runs on the backend that measured fastest and correct for its precision
-(``docs/performance.md``, 2-core AVX-512 CPU; ``benchmarks/run.py`` measures it again):
+the network runs on the fastest correct backend for its precision:
 
 ============  =====================================================  ========================
 precision     CPU                                                    CUDA
 ============  =====================================================  ========================
-``fp32``      ONNX Runtime on our own export                         PyTorch, cudnn autotuned
+``fp32``      measured: the installed runtimes (PyTorch, ONNX         PyTorch, cudnn autotuned
+              Runtime; OpenVINO, LiteRT with their extras)
 ``bf16``      PyTorch autocast, channels_last                        PyTorch autocast
 ``fp16``      —                                                      PyTorch autocast
-``int8``      ONNX Runtime, static QDQ quantisation (per-channel      —
-              weights, calibrated on the user's images)
+``int8``      measured: ONNX Runtime's static QDQ (per-channel        —
+              weights); OpenVINO (NNCF), LiteRT (PT2E) with extras,
+              each calibrated on the user's images
 ============  =====================================================  ========================
+
+On the CPU the runtimes that pass the check are timed on the example's size once per model
+configuration, size and machine, and the choice is remembered (:mod:`atrous.inference.runtimes`,
+:mod:`atrous.inference.choices`); ``docs/performance.md`` has what each measured on a 2-core
+AVX-512 CPU, and ``benchmarks/run.py`` measures it again.
 
 For fp32 on ONNX Runtime with an ``example``, a second graph fixed to the example's size runs
 images of that size (the any-size graph measured 7% slower on R-101 at 512×512).
@@ -27,7 +33,7 @@ agree within ``tolerance`` (max |Δlogit| over the logits' scale: by default ten
 model's own fp32 rounding on the example, its distance from float64, and at least 1e-4;
 :func:`~atrous.export.onnx.rounding_tolerance`) or :class:`FastCheckError` is raised; bf16 and
 int8 agreement is recorded in ``network.report`` (their accuracy cost on a validation set is
-measured by ``benchmarks/miou.py``).
+measured by ``benchmarks/miou.py``; int8 runtimes far from the best int8 one are not chosen).
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ from atrous.inference.runtimes import (
     RUNTIMES,
     Network,
     RuntimeChoice,
+    Size,
+    Trial,
     fastest,
     register_runtime,
     require_runtime,
@@ -73,9 +81,9 @@ from atrous.models.config import input_channels
 from atrous.runtime.precision import autocast
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
-#: "auto": the rule of :func:`choose_backend`; "fastest": measured among the installed runtimes
-#: (:mod:`atrous.inference.runtimes`, fp32 on the CPU); or one by name.
-Backend = Literal["auto", "fastest", "torch", "compile", "onnxruntime", "openvino", "tflite"]
+#: "auto": measured among the installed runtimes on the CPU for fp32 and int8
+#: (:mod:`atrous.inference.runtimes`), PyTorch otherwise (:func:`measured`); or one by name.
+Backend = Literal["auto", "torch", "compile", "onnxruntime", "openvino", "tflite"]
 
 #: Calibration images used by the CLI for int8 (the first ones given, or of the dataset).
 CALIBRATION_IMAGES = 8
@@ -97,7 +105,7 @@ class FastReport:
     agreement: LogitAgreement  # with the eager fp32 model on the example
     build_seconds: float
     tolerance: float | None = None  # fp32: the share of the logits' scale it was held to
-    choice: str | None = None  # backend "fastest": the runtimes measured and the one chosen
+    choice: str | None = None  # backend "auto" on the CPU: the runtimes measured, the one chosen
 
     @property
     def max_abs_diff(self) -> float:
@@ -236,30 +244,29 @@ def normalise_images(
     return batches
 
 
-def choose_backend(precision: Precision, device: torch.device) -> str:
-    """The backend ``backend="auto"`` uses: the fastest correct one measured for each case."""
-    if device.type == "cpu" and precision in ("fp32", "int8"):
-        return "onnxruntime"
-    return "torch"
+def measured(precision: str, device: torch.device) -> bool:
+    """Whether ``backend="auto"`` measures the installed runtimes (fp32 and int8 on the CPU) or
+    takes PyTorch (bf16, fp16, and every precision on CUDA: the fastest measured there)."""
+    return device.type == "cpu" and precision in ("fp32", "int8")
 
 
 def _check_combination(precision: str, backend: str, device: torch.device) -> None:
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise ValueError(f"precision must be fp32, bf16, fp16 or int8, got {precision!r}")
-    if backend not in ("fastest", "torch", "compile", *RUNTIMES):
-        offered = ", ".join(["auto", "fastest", "compile", *RUNTIMES])
+    if backend not in ("auto", "torch", "compile", *RUNTIMES):
+        offered = ", ".join(["auto", "compile", *RUNTIMES])
         raise ValueError(f"backend must be one of {offered}, got {backend!r}")
-    if backend not in ("fastest", "torch", "compile", "onnxruntime") and (
-        precision != "fp32" or device.type != "cpu"
-    ):
-        raise ValueError(f"the {backend} runtime runs fp32 on the CPU; use backend 'auto'")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs CUDA; use 'bf16' or 'int8' on the CPU")
-    if precision == "int8" and backend != "onnxruntime":
-        raise ValueError("int8 runs on ONNX Runtime (backend 'onnxruntime' or 'auto')")
-    if backend == "onnxruntime" and (device.type != "cpu" or precision in ("bf16", "fp16")):
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("precision 'int8' runs on the CPU; use 'fp16' or 'bf16' on CUDA")
+    if backend in ("torch", "compile"):
+        if precision == "int8":
+            raise ValueError(f"int8 does not run on {backend}; use backend 'auto'")
+        return
+    if backend != "auto" and (precision not in ("fp32", "int8") or device.type != "cpu"):
         raise ValueError(
-            "the onnxruntime backend runs fp32 and int8 on the CPU; use backend 'torch' for "
+            f"the {backend} runtime runs fp32 and int8 on the CPU; use backend 'torch' for "
             f"{precision} on {device.type}"
         )
 
@@ -309,45 +316,24 @@ def _example_batch(
     return torch.randn(*shape, generator=generator).to(device)
 
 
-@dataclass
-class _Build:
-    """What every backend is built from: the model, its folded copy, the example batch and the
-    eager logits on it."""
-
-    model: nn.Module
-    folded: nn.Module
-    batch: torch.Tensor
-    reference: torch.Tensor
-    precision: str
-    calibration: Sequence[np.ndarray | torch.Tensor]
-    workdir: str | Path | None
-
-    def network(
-        self, backend: str, allowed: float | None, tolerance: float | None, fixed: bool
-    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], RuntimeChoice | None]:
-        """The backend's network (``fixed``: onnxruntime adds a graph of the example's size);
-        for "fastest", the measured choice too."""
-        size = tuple(self.batch.shape[-2:])
-        folder = Path(self.workdir) if self.workdir is not None else None
-        if backend == "fastest":
-            with tempfile.TemporaryDirectory(prefix="atrous-runtimes-") as scratch:
-                folder = folder or Path(scratch)
-                args = (self.model, self.folded, self.batch, self.reference, allowed, folder)
-                return fastest(*args)
-        if backend == "onnxruntime":
-            fixed_size = size if fixed else None
-            args = (self.folded, self.precision, self.calibration, tolerance, folder, fixed_size)
-            return _onnxruntime(*args), None
-        device = self.batch.device
-        if backend in ("torch", "compile"):
-            if device.type == "cuda":
-                torch.backends.cudnn.benchmark = True
-            module = self.folded
-            if backend == "compile":
-                module = torch.compile(module, options={"freezing": True})
-            return _TorchRunner(module, device, self.precision), None
-        folder = folder or Path(tempfile.mkdtemp(prefix="atrous-runtime-"))
-        return require_runtime(backend).build(self.folded, size, folder), None
+def _network(
+    model: nn.Module, trial: Trial, backend: str, workdir: str | Path | None
+) -> tuple[Network, RuntimeChoice | None]:
+    """The backend's network for ``trial`` (each runtime's files in ``workdir/<runtime>``, or a
+    temporary folder); for "auto" on the CPU, the measured choice too."""
+    if backend in ("torch", "compile"):
+        device = trial.batch.device
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        module = trial.folded
+        if backend == "compile":
+            module = torch.compile(module, options={"freezing": True})
+        return _TorchRunner(module, device, trial.precision), None
+    with tempfile.TemporaryDirectory(prefix="atrous-runtimes-") as scratch:
+        folder = Path(workdir) if workdir is not None else Path(scratch)
+        if backend == "auto":
+            return fastest(model, trial, folder)
+        return RUNTIMES[backend].network(trial, folder / backend), None
 
 
 def optimize_for_inference(
@@ -365,51 +351,67 @@ def optimize_for_inference(
     Args:
         model: the trained network, on the device it should run on.
         example: a normalised (N, 3, H, W) batch or an (H, W) size like the images to come;
-            the fast network is checked on it (compiled backends compile for its size; fp32 on
-            ONNX Runtime adds a graph fixed to its size, which runs faster at that size).
-        precision: fp32, bf16, fp16 (CUDA) or int8 (CPU, ONNX Runtime).
-        backend: auto (the rule in the module doc), fastest (fp32 on the CPU: the installed
-            runtimes that pass the fp32 check, measured on ``example``'s size; ``--runtime
-            auto``, :mod:`atrous.inference.runtimes`), torch, compile, onnxruntime, or another
-            registered runtime by name.
+            the fast network is checked on it and, on the CPU, runtimes are timed on it (fp32
+            on ONNX Runtime adds a graph fixed to its size; LiteRT's file takes that size only).
+        precision: fp32, bf16, fp16 (CUDA) or int8 (CPU).
+        backend: auto (fp32 and int8 on the CPU: the installed runtimes that pass the check,
+            timed on ``example``'s size, the choice remembered on this machine,
+            :mod:`atrous.inference.runtimes`; otherwise PyTorch), torch, compile, or a
+            registered runtime by name (onnxruntime, openvino, tflite: fp32 and int8).
         calibration: int8 only: a few of the user's images, (H, W, 3) uint8 RGB arrays or
             normalised tensors, from which activation ranges are set.
         tolerance: fp32 only: the largest max |Δlogit| from the eager model accepted, as a share
             of the logits' scale; None: from the eager model's own fp32 rounding on the example
             (:func:`~atrous.export.onnx.rounding_tolerance`: float64 on its device, TF32 too).
-        workdir: onnxruntime only: keep the ONNX files here (``model.onnx``, ``model.int8.onnx``,
-            ``model.<H>x<W>.onnx``) instead of a temporary folder; the first two are deployable like
-            ``atrous export``'s, the third takes images of its size only.
+        workdir: keep each runtime's files in ``workdir/<runtime>`` instead of a temporary
+            folder (onnxruntime: ``model.onnx``, ``model.int8.onnx`` and the fixed-size
+            ``model.<H>x<W>.onnx``, deployable like ``atrous export``'s; openvino: ``model.xml``;
+            tflite: ``model.tflite``).
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
-    if backend not in ("auto", "fastest", "compile"):
-        require_runtime(backend)  # a missing package: the extra that installs it
-    if backend == "auto" or (backend == "fastest" and (precision, device.type) != ("fp32", "cpu")):
-        backend = choose_backend(precision, device)
+    if backend not in ("auto", "torch", "compile"):
+        require_runtime(backend, precision)  # a missing package: the extra that installs it
+    if backend == "auto" and not measured(precision, device):
+        backend = "torch"
     _check_combination(precision, backend, device)
     if precision == "int8" and not calibration:
         raise ValueError("int8 needs calibration images: pass a few of your own as calibration=")
-    batch = _example_batch(example, device, input_channels(model))
-    reference, folded = _reference_and_folded(model, batch)
-    allowed = None
-    if precision == "fp32":
-        allowed = tolerance
-        if allowed is None:
-            allowed = rounding_tolerance(model, batch, reference)
-    build = _Build(model, folded, batch, reference, precision, calibration or (), workdir)
-    run, choice = build.network(backend, allowed, tolerance, example is not None)
+    trial = _trial(model, example, precision, calibration or (), tolerance)
+    run, choice = _network(model, trial, backend, workdir)
     backend = choice.name if choice is not None else backend
-    agreement = compare_logits(run(batch), reference)
+    agreement = compare_logits(run(trial.batch), trial.reference)
+    allowed = trial.tolerance if precision == "fp32" else None
     if allowed is not None:
         try:
             require_agreement(agreement, allowed, f"the {backend} fp32 network")
         except ExportCheckError as error:
             raise FastCheckError(str(error)) from None
     seconds = time.perf_counter() - start
-    report = FastReport(backend, precision, tuple(batch.shape[-2:]), agreement, seconds, allowed)
+    report = FastReport(backend, precision, trial.size, agreement, seconds, allowed)
     report = dataclasses.replace(report, choice=choice.describe() if choice else None)
     return FastNetwork(run, report, model.output_stride, model.align_corners)
+
+
+def _trial(
+    model: nn.Module,
+    example: torch.Tensor | Sequence[int] | None,
+    precision: str,
+    calibration: Sequence[np.ndarray | torch.Tensor],
+    tolerance: float | None,
+) -> Trial:
+    """The example batch, the eager fp32 logits on it, the folded model, the normalised
+    calibration batches and fp32's tolerance (None: from the model's own rounding)."""
+    device = next(model.parameters()).device
+    batch = _example_batch(example, device, input_channels(model))
+    reference, folded = _reference_and_folded(model, batch)
+    if tolerance is None and precision == "fp32":
+        tolerance = rounding_tolerance(model, batch, reference)
+    batches = []
+    if calibration:
+        batches = normalise_images(calibration, model.config.mean, model.config.std)
+    sized = example is not None
+    return Trial(folded, batch, reference, precision, batches, tolerance or 0.0, sized)
 
 
 def _reference_and_folded(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
@@ -440,67 +442,106 @@ class _SizeDispatch:
 def _onnxruntime(
     folded: nn.Module,
     precision: str,
-    calibration: Sequence[np.ndarray | torch.Tensor],
-    tolerance: float | None,
-    workdir: str | Path | None,
+    calibration: Sequence[torch.Tensor],
+    folder: Path,
     size: tuple[int, int] | None,
 ) -> OnnxNetwork | _SizeDispatch:
-    """Export the folded model (checked at two sizes), quantise it for int8, open a session.
+    """Export the folded model (checked at two sizes), quantise it for int8 on ``calibration``
+    (normalised batches), open a session.
 
     For fp32 with a ``size``, also a graph fixed to that size (``model.<H>x<W>.onnx``, checked
     at two batch sizes), which runs images of exactly that size.
     """
-    with tempfile.TemporaryDirectory(prefix="atrous-fast-") as scratch:
-        folder = Path(workdir) if workdir is not None else Path(scratch)
-        folder.mkdir(parents=True, exist_ok=True)
-        folded = folded.to(memory_format=torch.contiguous_format)
-        path = export_onnx(folded, folder / "model.onnx", tolerance=tolerance).path
-        if precision == "int8":
-            config = folded.config
-            batches = normalise_images(calibration, config.mean, config.std)
-            path = quantize_onnx(path, folder / "model.int8.onnx", batches)
-        general = OnnxNetwork(path, options=session_options())
-        if precision != "fp32" or size is None:
-            return general
-        fixed_path = folder / f"model.{size[0]}x{size[1]}.onnx"
-        export_onnx(folded, fixed_path, tolerance=tolerance, size=size)
-        return _SizeDispatch(size, OnnxNetwork(fixed_path, options=session_options()), general)
+    folder.mkdir(parents=True, exist_ok=True)
+    folded = copy.deepcopy(folded).to(memory_format=torch.contiguous_format)
+    path = export_onnx(folded, folder / "model.onnx").path
+    if precision == "int8":
+        path = quantize_onnx(path, folder / "model.int8.onnx", calibration)
+    general = OnnxNetwork(path, options=session_options())
+    if precision != "fp32" or size is None:
+        return general
+    fixed_path = folder / f"model.{size[0]}x{size[1]}.onnx"
+    export_onnx(folded, fixed_path, size=size)
+    return _SizeDispatch(size, OnnxNetwork(fixed_path, options=session_options()), general)
 
 
-def _torch_network(folded: nn.Module, size: tuple[int, int], folder: Path) -> _TorchRunner:
+def _torch_network(folded: nn.Module, size: Size, folder: Path) -> _TorchRunner:
     """PyTorch eager on a channels_last copy of the folded module (the CPU; other runtimes
     may change the folded module's memory format as they export it)."""
     module = copy.deepcopy(folded).to(memory_format=torch.channels_last)
     return _TorchRunner(module, torch.device("cpu"), "fp32")
 
 
-def _onnxruntime_network(
-    folded: nn.Module, size: tuple[int, int], folder: Path
-) -> OnnxNetwork | _SizeDispatch:
-    """ONNX Runtime on the any-size graph and one fixed to ``size`` (the fp32 fast path)."""
-    return _onnxruntime(folded, "fp32", (), None, folder, size)
+def _onnxruntime_network(folded: nn.Module, size: Size, folder: Path) -> Network:
+    """ONNX Runtime on the any-size graph and, given a ``size``, one fixed to it."""
+    return _onnxruntime(folded, "fp32", (), folder, size)
 
 
-def _openvino_network(folded: nn.Module, size: tuple[int, int], folder: Path) -> Network:
+def _onnxruntime_int8_network(
+    folded: nn.Module, size: Size, folder: Path, calibration: Sequence[torch.Tensor]
+) -> OnnxNetwork:
+    """ONNX Runtime on the static QDQ int8 graph (per-channel weights), any size."""
+    return _onnxruntime(folded, "int8", calibration, folder, None)
+
+
+def _openvino_network(folded: nn.Module, size: Size, folder: Path) -> Network:
     """OpenVINO on the folded model's any-size IR, compiled at f32 (the plugin's bf16 default
     would fail the fp32 check on CPUs with native bf16)."""
+    return _openvino_ir(folded, folder, "fp32", ())
+
+
+def _openvino_int8_network(
+    folded: nn.Module, size: Size, folder: Path, calibration: Sequence[torch.Tensor]
+) -> Network:
+    """OpenVINO on the NNCF int8 IR (post-training quantisation on ``calibration``), any size."""
+    return _openvino_ir(folded, folder, "int8", calibration)
+
+
+def _openvino_ir(
+    folded: nn.Module, folder: Path, precision: str, calibration: Sequence[torch.Tensor]
+) -> Network:
     from atrous.export.openvino import OpenvinoNetwork, export_openvino
 
     folded = copy.deepcopy(folded).to(memory_format=torch.contiguous_format)
-    return OpenvinoNetwork(export_openvino(folded, folder / "model.xml", check=False).path)
+    path = folder / "model.xml"
+    export_openvino(folded, path, precision=precision, calibration=calibration, check=False)
+    return OpenvinoNetwork(path)
 
 
-def _tflite_network(folded: nn.Module, size: tuple[int, int], folder: Path) -> _SizeDispatch:
+def _tflite_network(folded: nn.Module, size: Size, folder: Path) -> _SizeDispatch:
     """LiteRT (XNNPACK) on a .tflite file of the folded model at ``size`` (a LiteRT graph takes
     one size); images of other sizes run on PyTorch."""
+    return _tflite_file(folded, size, folder, "fp32", ())
+
+
+def _tflite_int8_network(
+    folded: nn.Module, size: Size, folder: Path, calibration: Sequence[torch.Tensor]
+) -> _SizeDispatch:
+    """LiteRT on an int8 .tflite file at ``size`` (PT2E, calibrated on ``calibration``);
+    images of other sizes run on PyTorch in fp32."""
+    return _tflite_file(folded, size, folder, "int8", calibration)
+
+
+def _tflite_file(
+    folded: nn.Module,
+    size: Size,
+    folder: Path,
+    precision: str,
+    calibration: Sequence[torch.Tensor],
+) -> _SizeDispatch:
     from atrous.export.tflite import TfliteNetwork, export_tflite
 
+    if size is None:
+        raise ValueError("a LiteRT file takes one input size: give an example")
+
     module = copy.deepcopy(folded).to(memory_format=torch.contiguous_format)
-    path = export_tflite(module, folder / "model.tflite", size, check=False).path
+    path = folder / f"model.{precision}.tflite"
+    export_tflite(module, path, size, precision, calibration, check=False)
     return _SizeDispatch(size, TfliteNetwork(path), _torch_network(folded, size, folder))
 
 
 register_runtime("torch", "torch", _torch_network)
-register_runtime("onnxruntime", "onnxruntime", _onnxruntime_network)
-register_runtime("openvino", "openvino", _openvino_network)
-register_runtime("tflite", "litert_torch", _tflite_network)  # converts; ai_edge_litert runs
+register_runtime("onnxruntime", "onnxruntime", _onnxruntime_network, _onnxruntime_int8_network)
+register_runtime("openvino", "openvino", _openvino_network, _openvino_int8_network)
+# LiteRT: litert_torch converts, ai_edge_litert (its dependency) runs.
+register_runtime("tflite", "litert_torch", _tflite_network, _tflite_int8_network)
