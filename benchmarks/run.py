@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import gc
 import importlib.metadata
+import os
 import statistics
 import sys
 import tempfile
@@ -104,6 +105,7 @@ def _build_and_check(
             log(f"  {item.side} {item.path}: failed ({item.error})")
             continue
         item.build_s = time.perf_counter() - start
+        item.choice = getattr(getattr(item.run, "report", None), "choice", None)
         output = torch.as_tensor(item.run(examples[item.side])).float().cpu()  # warm-up 2
         reference = references[item.side].cpu()
         item.max_abs_diff = (output - reference).abs().max().item()
@@ -163,6 +165,7 @@ def _contender_record(item: Contender, references: dict) -> dict[str, Any]:
         "logit_scale": references[item.side].abs().max().item(),
         "argmax_agreement": item.agreement,
         "error": item.error,
+        "choice": item.choice,
     }
 
 
@@ -265,8 +268,27 @@ def markdown(results: dict) -> str:
     for row in results["rows"]:
         roof = row.get("conv_throughput", results["conv_throughput"])
         lines += _row_heading(row) + _contender_lines(row, roof)
-        lines += ["", *ratios(row, roof), "", *training_lines(row)]
+        lines += ["", *ratios(row, roof), *default_ratios(row), "", *training_lines(row)]
     return "\n".join(lines)
+
+
+def default_ratios(row: dict) -> list[str]:
+    """The default path (``optimize_for_inference`` fp32 and int8, measured choice) ÷ the
+    fastest atrous path of its precision in this run, with the choice it made: the target is
+    ≤ 1.03 (never slower than the fastest runtime installed)."""
+    ok = [c for c in row["contenders"] if not c["error"] and c["side"] == "atrous"]
+    lines = []
+    for precision in ("fp32", "int8"):
+        default = next((c for c in ok if c["path"] == f"optimize_for_inference {precision}"), None)
+        if default is None:
+            continue
+        best = min((c for c in ok if c["precision"] == precision), key=lambda c: c["latency_ms"])
+        lines.append(
+            f"- default {precision} ({default.get('choice') or 'no choice recorded'}) "
+            f"{default['latency_ms']:.0f} ms ÷ fastest installed ({best['path']}) "
+            f"{best['latency_ms']:.0f} ms = {default['latency_ms'] / best['latency_ms']:.2f}"
+        )
+    return lines
 
 
 def ratios(row: dict, roof: dict) -> list[str]:
@@ -361,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v / 1e9:.0f} GMAC/s" for k, v in results["conv_throughput"].items())
     )
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as folder:
+        os.environ["ATROUS_CACHE"] = str(Path(folder) / "cache")  # measure the default afresh
         for key in args.keys:
             log(f"{key}: {ROWS[key].title}")
             row = ROWS[key]
