@@ -10,6 +10,7 @@ has its own ATROUS_CACHE (conftest)."""
 import importlib.util
 import json
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -19,9 +20,10 @@ from PIL import Image
 from atrous.cli import main
 from atrous.errors import AtrousError, UsageError
 from atrous.export.tflite import relative_rms
+from atrous.inference import runtimes
 from atrous.inference.choices import choices_file
 from atrous.inference.fast import optimize_for_inference
-from atrous.inference.runtimes import INT8_FLOOR, RUNTIMES, Runtime, require_runtime
+from atrous.inference.runtimes import INT8_FLOOR, MAX_ROUNDS, RUNTIMES, Runtime, require_runtime
 from atrous.models.zoo import create_model
 
 SIZE = (65, 81)
@@ -92,6 +94,28 @@ def test_auto_picks_the_fastest_correct_runtime(model, only_torch_and):
     assert "slow " in report.choice and " ms" in report.choice and "refused" not in report.choice
 
 
+def test_a_near_tie_is_timed_longer_than_a_clear_gap(monkeypatch):
+    """On a clock that advances by each network's own duration: runtimes within 5% of the
+    fastest take turns up to MAX_ROUNDS calls, a clearly slower one stops after ROUNDS."""
+    clock, calls = [0.0], Counter()
+    monkeypatch.setattr(runtimes.time, "perf_counter", lambda: clock[0])
+
+    def network(name, seconds):
+        def run(batch):
+            calls[name] += 1
+            clock[0] += seconds
+
+        return run
+
+    networks = {"a": network("a", 0.100), "b": network("b", 0.103), "slow": network("s", 0.2)}
+    milliseconds = runtimes._interleaved_ms(networks, torch.zeros(1), runtimes.ROUNDS)
+    assert calls == {"a": 1 + MAX_ROUNDS, "b": 1 + MAX_ROUNDS, "s": 1 + runtimes.ROUNDS}
+    assert milliseconds == pytest.approx({"a": 100, "b": 103, "slow": 200})
+    calls.clear()
+    runtimes._interleaved_ms({"a": network("a", 0.1), "b": network("b", 0.2)}, None, 3)
+    assert calls == {"a": 4, "b": 4}
+
+
 def test_a_remembered_choice_is_measured_again_when_what_decides_it_changes(model, only_torch_and):
     """Another runtime installed, or an unreadable choices file: measured again; a choice
     whose runtime no longer passes the check: measured again too."""
@@ -136,7 +160,8 @@ def test_int8_auto_refuses_a_runtime_far_from_the_best_one(model, only_torch_and
     calibration = [torch.randn(1, 3, *SIZE) for _ in range(2)]
     report = optimize_for_inference(model, SIZE, precision="int8", calibration=calibration).report
     assert report.backend == "close" and report.precision == "int8"
-    assert report.choice.startswith("runtime auto: close for int8 at 65×81 (the only one")
+    expected = "runtime auto: close for int8 at 65×81 (the only one that passed; noisy refused"
+    assert report.choice.startswith(expected)
     assert "noisy refused (int8 RMS difference" in report.choice
     with pytest.raises(UsageError, match="--runtime torch runs fp32 only; int8 runs on: auto"):
         require_runtime("torch", "int8")

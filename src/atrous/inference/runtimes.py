@@ -42,6 +42,10 @@ Factory = Callable[[nn.Module, Size, Path], Network]
 Int8Factory = Callable[[nn.Module, Size, Path, Sequence[torch.Tensor]], Network]
 #: Timed calls per runtime, after one warm-up call (which also builds lazy kernels).
 ROUNDS = 3
+#: Runtimes whose median is within this share of the fastest one's are timed further...
+CLOSE = 0.05
+#: ... up to this many calls each in all.
+MAX_ROUNDS = 15
 #: int8 candidates within this relative RMS difference from the eager logits always pass (the
 #: LiteRT int8 check's floor: correct graphs measured 0.01-0.08, wrong ones 0.4-0.8).
 INT8_FLOOR = INT8_TOLERANCE
@@ -149,7 +153,8 @@ class RuntimeChoice:
     def describe(self) -> str:
         timed = ", ".join(f"{n} {ms:.1f} ms" for n, ms in self.milliseconds.items())
         refused = "; ".join(f"{n} refused ({why})" for n, why in self.refused.items())
-        details = "; ".join(x for x in (timed or "the only one installed", refused) if x)
+        alone = "the only one that passed" if self.refused else "the only one installed"
+        details = "; ".join(x for x in (timed or alone, refused) if x)
         height, width = self.size
         line = f"runtime auto: {self.name} for {self.precision} at {height}×{width} ({details})"
         return line + (f", measured earlier ({choices_file()})" if self.remembered else "")
@@ -157,15 +162,25 @@ class RuntimeChoice:
 
 def _interleaved_ms(networks: dict[str, Network], batch: torch.Tensor, rounds: int) -> dict:
     """Median milliseconds per call of each network on ``batch`` after one warm-up call each,
-    the networks taking turns round by round (a drift of the machine hits them alike)."""
+    the networks taking turns round by round (a drift of the machine hits them alike). While
+    the runner-up is within :data:`CLOSE` of the leader, the runtimes that close keep taking
+    turns, up to :data:`MAX_ROUNDS` in all: a near tie gets more samples, not a coin toss."""
     times: dict[str, list[float]] = {name: [] for name in networks}
     for network in networks.values():
         network(batch)
-    for _ in range(rounds):
-        for name, network in networks.items():
+    contenders = list(networks)
+    for round_ in range(MAX_ROUNDS):
+        for name in contenders:
             start = time.perf_counter()
-            network(batch)
+            networks[name](batch)
             times[name].append(time.perf_counter() - start)
+        if round_ + 1 < rounds:
+            continue
+        medians = {name: statistics.median(times[name]) for name in contenders}
+        best = min(medians.values())
+        contenders = [name for name in contenders if medians[name] <= best * (1 + CLOSE)]
+        if len(contenders) < 2:
+            break
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
