@@ -99,6 +99,7 @@ def test_a_near_tie_is_timed_longer_than_a_clear_gap(monkeypatch):
     fastest take turns up to MAX_ROUNDS calls, a clearly slower one stops after ROUNDS."""
     clock, calls = [0.0], Counter()
     monkeypatch.setattr(runtimes.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(runtimes, "PAUSE_S", 0.0)
 
     def network(name, seconds):
         def run(batch):

@@ -46,6 +46,9 @@ ROUNDS = 3
 CLOSE = 0.05
 #: ... up to this many calls each in all.
 MAX_ROUNDS = 15
+#: Seconds of rest before each timed call: another runtime's worker threads (ONNX Runtime's
+#: spin after each run) must not steal the cores from the one being timed.
+PAUSE_S = 0.2
 #: int8 candidates within this relative RMS difference from the eager logits always pass (the
 #: LiteRT int8 check's floor: correct graphs measured 0.01-0.08, wrong ones 0.4-0.8).
 INT8_FLOOR = INT8_TOLERANCE
@@ -162,15 +165,17 @@ class RuntimeChoice:
 
 def _interleaved_ms(networks: dict[str, Network], batch: torch.Tensor, rounds: int) -> dict:
     """Median milliseconds per call of each network on ``batch`` after one warm-up call each,
-    the networks taking turns round by round (a drift of the machine hits them alike). While
-    the runner-up is within :data:`CLOSE` of the leader, the runtimes that close keep taking
-    turns, up to :data:`MAX_ROUNDS` in all: a near tie gets more samples, not a coin toss."""
+    the networks taking turns round by round (a drift of the machine hits them alike), each
+    after a rest of :data:`PAUSE_S`, as a runtime will run alone. While the runner-up is
+    within :data:`CLOSE` of the leader, the runtimes that close keep taking turns, up to
+    :data:`MAX_ROUNDS` in all: a near tie gets more samples, not a coin toss."""
     times: dict[str, list[float]] = {name: [] for name in networks}
     for network in networks.values():
         network(batch)
     contenders = list(networks)
     for round_ in range(MAX_ROUNDS):
         for name in contenders:
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             networks[name](batch)
             times[name].append(time.perf_counter() - start)
