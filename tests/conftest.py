@@ -7,6 +7,7 @@ import pytest
 import scipy.io
 from helpers import random_image, tiny_config, write_index_png, write_rgb
 
+from atrous.inference import runtimes
 from atrous.training.loop import train
 
 
@@ -17,6 +18,14 @@ def own_cache(tmp_path_factory, monkeypatch) -> Path:
     folder = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("ATROUS_CACHE", str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def short_runtime_rests(monkeypatch) -> None:
+    """The runtime choice rests 0.2 s before each timed call (so that one runtime's threads do
+    not slow the next); on the tiny models of the tests 10 ms is as good and saves seconds a
+    choice. Tests check which runtime may win, not how long the machine rests."""
+    monkeypatch.setattr(runtimes, "PAUSE_S", 0.01)
 
 
 @pytest.fixture(scope="session")
