@@ -24,7 +24,6 @@ from atrous.inference.fast import (
     normalise_images,
     optimize_for_inference,
 )
-from atrous.inference.runtimes import RUNTIMES
 from atrous.training.config import TrainConfig
 from atrous.training.loop import train
 
@@ -164,12 +163,17 @@ def test_bf16_fast_path_is_close_and_agrees_in_argmax(trained):
 def test_int8_fast_path_calibrates_on_images_and_keeps_the_predictions(multiclass, tmp_path):
     model, images = multiclass
     network = optimize_for_inference(
-        model, (48, 48), precision="int8", calibration=images[:4], workdir=tmp_path
+        model,
+        (48, 48),
+        precision="int8",
+        calibration=images[:4],
+        backend="onnxruntime",
+        workdir=tmp_path,
     )
-    assert network.report.backend in RUNTIMES and "int8" in network.report.choice
+    assert network.report.backend == "onnxruntime"
     import onnx
 
-    graph = tmp_path / "onnxruntime" / "model.int8.onnx"  # measured, whichever was chosen
+    graph = tmp_path / "onnxruntime" / "model.int8.onnx"
     ops = {node.op_type for node in onnx.load(graph).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # Held-out images (not used for calibration): int8 predicts the same class on most pixels,
