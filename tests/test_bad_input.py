@@ -272,6 +272,11 @@ CASES = {
     "predict int8 without fast": Case(
         ["predict", "{image}", "--model", "{model}", "--precision", "int8"], "--fast", 2
     ),
+    "predict int8 on a runtime without int8": Case(
+        ["predict", "{image}", "--model", "{model}", "--runtime", "torch", "--precision", "int8"],
+        "--runtime torch runs fp32 only",
+        2,
+    ),
     "predict not a video": Case(
         ["predict", "{tmp}/fake.mp4", "--model", "{model}", "--output_dir", "{tmp}/out"],
         "fake.mp4",

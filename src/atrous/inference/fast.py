@@ -370,7 +370,7 @@ def optimize_for_inference(
     """
     start = time.perf_counter()
     device = next(model.parameters()).device
-    if backend not in ("auto", "torch", "compile"):
+    if backend not in ("auto", "compile"):
         require_runtime(backend, precision)  # a missing package: the extra that installs it
     if backend == "auto" and not measured(precision, device):
         backend = "torch"
